@@ -1,0 +1,1 @@
+"""gpu-queue: a queue-aware admission webhook for JupyterHub single-user pods."""
