@@ -188,12 +188,12 @@ class Config(_Model):
     missing_profile: ProfilePolicy = Field(ProfilePolicy.DEFAULT, alias="missingProfile")
     unknown_profile: ProfilePolicy = Field(ProfilePolicy.DENY, alias="unknownProfile")
     pools: dict[str, Pool] = Field(default_factory=dict)
-    redis: Redis = Field(default_factory=Redis)  # type: ignore[arg-type]
-    tls: Tls = Field(default_factory=Tls)  # type: ignore[arg-type]
-    server: Server = Field(default_factory=Server)  # type: ignore[arg-type]
-    api: Api = Field(default_factory=Api)  # type: ignore[arg-type]
-    controller: Controller = Field(default_factory=Controller)  # type: ignore[arg-type]
-    admission: Admission = Field(default_factory=Admission)  # type: ignore[arg-type]
+    redis: Redis = Field(default_factory=Redis)
+    tls: Tls = Field(default_factory=Tls)
+    server: Server = Field(default_factory=Server)
+    api: Api = Field(default_factory=Api)
+    controller: Controller = Field(default_factory=Controller)
+    admission: Admission = Field(default_factory=Admission)
     kubeconfig: Path | None = Field(None, description="Default: in-cluster, then ~/.kube/config")
     log_level: str = Field("INFO", alias="logLevel")
 
@@ -262,14 +262,17 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             value = raw  # a scalar override, never a structure smuggled in
         node = out
         for part in path[:-1]:
-            node = node.setdefault(("env", part), {})
-        node[("env", path[-1])] = value
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
     return out
 
 
-def _merge_env(data: dict[str, Any], overrides: dict[Any, Any], fields: type[BaseModel] | None) -> None:
-    """Merge env overrides (keys ``("env", NAME)``) into data, matching YAML keys case-insensitively."""
-    for (_, name), value in overrides.items():
+def _merge_env(data: dict[str, Any], overrides: dict[str, Any], fields: type[BaseModel] | None) -> None:
+    """Merge env overrides (upper-case names) into data, matching YAML keys case-insensitively."""
+    for name, value in overrides.items():
         key = _match_key(name, data, fields)
         if isinstance(value, dict):
             sub = data.get(key)

@@ -192,3 +192,20 @@ class QueueStore(Protocol):
 
     async def ping(self) -> bool:
         """True when the store answers."""
+
+
+class ClusterView(Protocol):
+    """What the API needs from the controller's view of the cluster (this replica's watch cache)
+    and the two pod writes an admin edit makes. Implemented by ``webhook.controller``."""
+
+    def pool_usage(self, pool: str) -> tuple[int, int]:
+        """(capacity, in use) of a pool as last observed; (0, 0) before the first sync."""
+
+    def pod_exists(self, namespace: str, name: str) -> bool | None:
+        """True/False from the watch cache; None when this replica has no cache (not synced)."""
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod (admin ``queue rm``); False when it was already gone."""
+
+    async def set_requested_at(self, namespace: str, name: str, when: datetime) -> None:
+        """Rewrite a pod's requested-at annotation (admin ``queue move``), so a rebuild keeps it."""

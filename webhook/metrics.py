@@ -1,0 +1,79 @@
+"""Prometheus metrics, one registry for the process. Names follow Kueue's where the meaning matches
+(``pending_workloads``, ``admitted_active_workloads``, ``admission_wait_time_seconds``) so existing
+dashboards and alerts read naturally."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_NS = "gpu_queue"
+
+ADMISSION_LATENCY = Histogram(
+    "admission_request_duration_seconds",
+    "Time to answer an AdmissionReview, by handler (mutate/validate) and outcome",
+    ["handler", "outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+)
+ADMISSION_REQUESTS = Counter(
+    "admission_requests_total",
+    "AdmissionReviews answered, by handler and outcome (allowed, patched, denied, bad_request, error)",
+    ["handler", "outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+PENDING = Gauge(
+    "pending_workloads", "Pods waiting in a pool's FIFO", ["pool"], namespace=_NS, registry=REGISTRY
+)
+ADMITTED_ACTIVE = Gauge(
+    "admitted_active_workloads",
+    "Pods of a pool holding a slice (ungated, not finished)",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+CAPACITY = Gauge("capacity_slices", "Slices a pool may hand out", ["pool"], namespace=_NS, registry=REGISTRY)
+IN_USE = Gauge(
+    "in_use_slices",
+    "Slices in use in a pool, including other pods requesting the resource on its nodes",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+WAIT_TIME = Histogram(
+    "admission_wait_time_seconds",
+    "Time from requested-at to the gate's removal",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
+GATE_REMOVAL_LATENCY = Histogram(
+    "gate_removal_latency_seconds",
+    "Time from the controller seeing a free slice to the head's gate being removed",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+GRANTS = Counter("grants_total", "Gates removed", ["pool"], namespace=_NS, registry=REGISTRY)
+STUCK = Counter(
+    "stuck_workloads_total",
+    "Granted pods not Ready within admitTimeoutSeconds, by action (kept, released)",
+    ["pool", "action"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+REDIS_ERRORS = Counter(
+    "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
+)
+LEADER = Gauge("leader", "1 while this replica holds the leader lease", namespace=_NS, registry=REGISTRY)
+RECONCILE_DURATION = Histogram(
+    "reconcile_duration_seconds",
+    "Time of one full reconcile of the store against the pods",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+EVENTS = Counter("events_total", "Kubernetes Events written, by reason", ["reason"], namespace=_NS, registry=REGISTRY)
