@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default=os.environ.get("GPU_QUEUE_CONFIG"))
     check.set_defaults(run=_lazy("webhook.config:run_check"))
 
-    certs = sub.add_parser(
-        "certs", help="make a CA and a serving certificate; optionally store and patch caBundle"
-    )
+    certs = sub.add_parser("certs", help="make a CA and a serving certificate; optionally store and patch caBundle")
     certs.add_argument("--out", default="", help="directory for ca.crt, ca.key, tls.crt, tls.key")
     certs.add_argument("--service", default="gpu-queue", help="Service name (DNS SANs)")
     certs.add_argument("--namespace", default="gpu-queue", help="Service namespace (DNS SANs)")

@@ -24,9 +24,7 @@ ADMISSION_REQUESTS = Counter(
     namespace=_NS,
     registry=REGISTRY,
 )
-PENDING = Gauge(
-    "pending_workloads", "Pods waiting in a pool's FIFO", ["pool"], namespace=_NS, registry=REGISTRY
-)
+PENDING = Gauge("pending_workloads", "Pods waiting in a pool's FIFO", ["pool"], namespace=_NS, registry=REGISTRY)
 ADMITTED_ACTIVE = Gauge(
     "admitted_active_workloads",
     "Pods of a pool holding a slice (ungated, not finished)",
@@ -77,3 +75,16 @@ RECONCILE_DURATION = Histogram(
     registry=REGISTRY,
 )
 EVENTS = Counter("events_total", "Kubernetes Events written, by reason", ["reason"], namespace=_NS, registry=REGISTRY)
+TLS_CERT_EXPIRY = Gauge(
+    "tls_cert_expiry_timestamp_seconds",
+    "notAfter of the serving certificate in use (alert when rotation stops: expiry - time() < 7d)",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+TLS_RELOADS = Counter(
+    "tls_reloads_total",
+    "Serving certificate reloads from the mounted files, by result (ok, failed)",
+    ["result"],
+    namespace=_NS,
+    registry=REGISTRY,
+)

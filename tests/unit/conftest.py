@@ -1,0 +1,56 @@
+"""Fixtures for the unit tier: the seed configuration and AdmissionReviews around real
+KubeSpawner pod manifests."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from webhook.config import Config, load_config
+from webhook.spawnerpods import pod_manifest
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config(env={})
+
+
+def review_of(
+    pod: dict[str, Any],
+    operation: str = "CREATE",
+    *,
+    old: dict[str, Any] | None = None,
+    username: str = "system:serviceaccount:jhub:hub",
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """An AdmissionReview request as the API server sends it for a pod."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "name": pod.get("metadata", {}).get("name", ""),
+            "namespace": pod.get("metadata", {}).get("namespace", "jhub"),
+            "operation": operation,
+            "userInfo": {"username": username, "groups": ["system:serviceaccounts"]},
+            "object": copy.deepcopy(pod),
+            "oldObject": copy.deepcopy(old) if old is not None else None,
+            "dryRun": dry_run,
+        },
+    }
+
+
+PodFactory = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def spawner_pod() -> PodFactory:
+    """``await spawner_pod(user, profile, server)``: a pod built by a real KubeSpawner."""
+    return pod_manifest

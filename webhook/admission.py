@@ -1,0 +1,387 @@
+"""Admission: pure functions from an AdmissionReview and the configuration to the answer.
+
+No Redis, no Kubernetes API, no clock but the one ``now`` the caller passes: admission stays fast
+and keeps working when everything else is down (invariant I4). Mutation is idempotent: a second
+pass over its own output yields no patch (the API server may reinvoke it).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from webhook.config import Config, Profile
+from webhook.profiles import (
+    Resolution,
+    annotations_of,
+    choose_profile,
+    containers_of,
+    has_gate,
+    is_singleuser,
+    labels_of,
+    scheduling_gates,
+)
+from webhook.quantity import QuantityError, cpu_env, memory_env, parse_quantity, same_quantity
+from webhook.review import AdmissionRequest, AdmissionReview, answer
+from webhook.state import format_requested_at, parse_requested_at
+
+Patch = list[dict[str, Any]]
+
+# How far in the future a requested-at may be (clock skew between replicas) and still be ours.
+_FUTURE_SKEW = timedelta(seconds=5)
+
+
+class BadReview(Exception):
+    """The body is not an AdmissionReview v1 request: HTTP 400, never a 5xx."""
+
+
+def parse_review(body: bytes) -> AdmissionReview:
+    """Decode and validate an AdmissionReview request body."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadReview(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadReview("the body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadReview("the body is not a JSON object (expected an AdmissionReview)")
+    if data.get("apiVersion") != "admission.k8s.io/v1" or data.get("kind") != "AdmissionReview":
+        raise BadReview("expected apiVersion admission.k8s.io/v1 and kind AdmissionReview")
+    try:
+        review = AdmissionReview.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadReview(f"invalid AdmissionReview at {where}: {first['msg']}") from None
+    except RecursionError:
+        raise BadReview("the body is nested too deeply") from None
+    if review.request is None:
+        raise BadReview("the AdmissionReview has no request")
+    return review
+
+
+def outcome(response: AdmissionReview) -> str:
+    """``allowed``, ``patched`` or ``denied``: the metrics label for an answer."""
+    r = response.response
+    if r is None or not r.allowed:
+        return "denied"
+    return "patched" if r.patch else "allowed"
+
+
+def escape(key: str) -> str:
+    """A JSON pointer token (RFC 6901): ``~`` -> ``~0``, ``/`` -> ``~1``."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _request(review: AdmissionReview) -> AdmissionRequest:
+    if review.request is None:  # parse_review guarantees it; keep the type checker honest
+        raise BadReview("the AdmissionReview has no request")
+    return review.request
+
+
+# --------------------------------------------------------------------------------------- mutate
+
+
+def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionReview:
+    """Set the profile's resources and env on the notebook container; gate and stamp pool pods."""
+    req = _request(review)
+    pod = req.object
+    if not req.is_pod or req.operation != "CREATE" or not isinstance(pod, dict) or not is_singleuser(pod, config):
+        return answer(req)
+    choice = choose_profile(pod, config)
+    if choice.resolution is Resolution.DENIED:
+        return answer(req, allowed=False, message=choice.message)
+    if choice.resolution is Resolution.ALLOWED or choice.profile is None or choice.name is None:
+        return answer(req)
+    containers = containers_of(pod)
+    if not containers:
+        return answer(req, allowed=False, message="gpu-queue: the pod has no containers, so no profile can be applied")
+    index = next((i for i, c in enumerate(containers) if c.get("name") == config.container_name), None)
+    warnings: list[str] = []
+    if index is None:
+        if len(containers) != 1:
+            names = ", ".join(str(c.get("name")) for c in containers)
+            return answer(
+                req,
+                allowed=False,
+                message=(
+                    f"gpu-queue: no container named {config.container_name!r} (containers: {names}); "
+                    "set containerName in gpu-queue's configuration to the notebook container's name"
+                ),
+            )
+        index = 0
+        warnings.append(f"gpu-queue: no container named {config.container_name!r}; applied the profile to the only one")
+    if len(pod.get("spec", {}).get("containers", [])) != len(containers):
+        return answer(req, allowed=False, message="gpu-queue: spec.containers holds an entry that is not an object")
+
+    patch: Patch = []
+    if choice.resolution is Resolution.DEFAULTED:
+        warnings.append(f"gpu-queue: {choice.message}")
+        patch += _label_patch(pod, config.profile_label, choice.name)
+    try:
+        resources = _resources_patch(containers[index], index, choice.name, choice.profile, config, warnings)
+    except QuantityError as exc:
+        return answer(req, allowed=False, message=f"gpu-queue: the notebook container has a bad resource value: {exc}")
+    patch += resources
+    patch += _env_patch(containers[index], index, choice.profile)
+    if choice.profile.pool is not None:
+        if pod.get("spec", {}).get("nodeName"):
+            return answer(
+                req,
+                allowed=False,
+                message=(
+                    f"gpu-queue: profile {choice.name!r} is queued for a GPU slice, so the pod must not set "
+                    "spec.nodeName; remove node_name from the spawner configuration"
+                ),
+            )
+        patch += _gate_patch(pod, config)
+        patch += _annotations_patch(pod, config, choice.profile.pool, now, warnings)
+    else:
+        patch += _ungate_patch(pod, config)
+    return answer(req, patch=patch, warnings=warnings)
+
+
+def _label_patch(pod: dict[str, Any], label: str, value: str) -> Patch:
+    if labels_of(pod).get(label) == value:
+        return []
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict):
+        return [{"op": "add", "path": "/metadata", "value": {"labels": {label: value}}}]
+    if not isinstance(meta.get("labels"), dict):
+        return [{"op": "add", "path": "/metadata/labels", "value": {label: value}}]
+    return [{"op": "add", "path": f"/metadata/labels/{escape(label)}", "value": value}]
+
+
+def _resources_patch(
+    container: dict[str, Any], index: int, name: str, profile: Profile, config: Config, warnings: list[str]
+) -> Patch:
+    resources = container.get("resources")
+    resources = resources if isinstance(resources, dict) else {}
+    current_requests = resources.get("requests") if isinstance(resources.get("requests"), dict) else {}
+    current_limits = resources.get("limits") if isinstance(resources.get("limits"), dict) else {}
+    assert isinstance(current_requests, dict) and isinstance(current_limits, dict)
+    pool_resource = config.pools[profile.pool].resource if profile.pool is not None else None
+    forbidden = config.pool_resources - {pool_resource} if pool_resource else config.pool_resources
+
+    requests: dict[str, Any] = {}
+    for key, value in current_requests.items():
+        if key in forbidden:
+            continue
+        if key == pool_resource and key not in profile.requests and not same_quantity(value, profile.limits[key]):
+            continue  # the API server defaults an extended resource's request to its limit
+        requests[key] = value
+    limits: dict[str, Any] = {k: v for k, v in current_limits.items() if k not in forbidden}
+    for key in sorted(forbidden & (set(current_requests) | set(current_limits))):
+        warnings.append(f"gpu-queue: removed {key} from the pod: profile {name!r} has no {key} pool")
+    for key, value in profile.requests.items():
+        if key in current_requests and not same_quantity(current_requests[key], value):
+            warnings.append(
+                f"gpu-queue: profile {name!r} sets requests.{key}={value} (the pod asked for {current_requests[key]})"
+            )
+        requests[key] = value
+    for key, value in profile.limits.items():
+        if key in current_limits and not same_quantity(current_limits[key], value):
+            warnings.append(
+                f"gpu-queue: profile {name!r} sets limits.{key}={value} (the pod asked for {current_limits[key]})"
+            )
+        limits[key] = value
+    # A request the profile leaves open must still fit under the limit it sets.
+    for key, value in list(requests.items()):
+        open_request = key not in profile.requests and key in profile.limits
+        if open_request and parse_quantity(value) > parse_quantity(profile.limits[key]):
+            requests[key] = profile.limits[key]
+    for part in (requests, limits):
+        for value in part.values():
+            parse_quantity(value)  # a bad value the pod carried in: deny rather than pass it on
+
+    if _same_resources(requests, current_requests) and _same_resources(limits, current_limits):
+        return []
+    desired = dict(resources)
+    desired["requests"] = requests
+    desired["limits"] = limits
+    if not requests:
+        desired.pop("requests")
+    return [{"op": "add", "path": f"/spec/containers/{index}/resources", "value": desired}]
+
+
+def _same_resources(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return set(a) == set(b) and all(same_quantity(a[k], b[k]) for k in a)
+
+
+def _env_values(profile: Profile) -> dict[str, str]:
+    """The env vars JupyterHub writes for the same settings, in its format."""
+    out: dict[str, str] = {}
+    if "cpu" in profile.limits:
+        out["CPU_LIMIT"] = cpu_env(profile.limits["cpu"])
+    if "cpu" in profile.requests:
+        out["CPU_GUARANTEE"] = cpu_env(profile.requests["cpu"])
+    if "memory" in profile.limits:
+        out["MEM_LIMIT"] = memory_env(profile.limits["memory"])
+    if "memory" in profile.requests:
+        out["MEM_GUARANTEE"] = memory_env(profile.requests["memory"])
+    return out
+
+
+def _env_patch(container: dict[str, Any], index: int, profile: Profile) -> Patch:
+    desired = _env_values(profile)
+    if not desired:
+        return []
+    base = f"/spec/containers/{index}/env"
+    env = container.get("env")
+    if not isinstance(env, list):
+        return [{"op": "add", "path": base, "value": [{"name": k, "value": v} for k, v in desired.items()]}]
+    patch: Patch = []
+    for name, value in desired.items():
+        position = next((j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == name), None)
+        if position is None:
+            patch.append({"op": "add", "path": f"{base}/-", "value": {"name": name, "value": value}})
+        elif env[position] != {"name": name, "value": value}:
+            patch.append({"op": "replace", "path": f"{base}/{position}", "value": {"name": name, "value": value}})
+    return patch
+
+
+def _gate_patch(pod: dict[str, Any], config: Config) -> Patch:
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, dict) else None
+    if not isinstance(gates, list):
+        return [{"op": "add", "path": "/spec/schedulingGates", "value": [{"name": config.gate_name}]}]
+    if has_gate(pod, config):
+        return []
+    return [{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": config.gate_name}}]
+
+
+def _ungate_patch(pod: dict[str, Any], config: Config) -> Patch:
+    """A pod of a profile without a pool must not carry our gate or pool (it would wait forever)."""
+    patch: Patch = []
+    gates = scheduling_gates(pod)
+    for position in reversed([j for j, g in enumerate(gates) if g == config.gate_name]):
+        patch.append({"op": "remove", "path": f"/spec/schedulingGates/{position}"})
+    if config.pool_annotation in annotations_of(pod):
+        patch.append({"op": "remove", "path": f"/metadata/annotations/{escape(config.pool_annotation)}"})
+    return patch
+
+
+def _annotations_patch(pod: dict[str, Any], config: Config, pool: str, now: datetime, warnings: list[str]) -> Patch:
+    annotations = annotations_of(pod)
+    stamp = annotations.get(config.requested_at_annotation)
+    when = parse_requested_at(stamp) if stamp is not None else None
+    trusted = when is not None and (
+        now - timedelta(seconds=config.admission.requested_at_trust_seconds) <= when <= now + _FUTURE_SKEW
+    )
+    wanted: dict[str, str] = {}
+    if annotations.get(config.pool_annotation) != pool:
+        wanted[config.pool_annotation] = pool
+    if not trusted:
+        if stamp is not None:
+            warnings.append(
+                f"gpu-queue: replaced {config.requested_at_annotation}={stamp!r}: the queue stamps arrival itself"
+            )
+        wanted[config.requested_at_annotation] = format_requested_at(now)
+    if not wanted:
+        return []
+    meta = pod.get("metadata")
+    if not isinstance(meta, dict):
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
+    if not isinstance(meta.get("annotations"), dict):
+        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+    return [{"op": "add", "path": f"/metadata/annotations/{escape(k)}", "value": v} for k, v in wanted.items()]
+
+
+# ------------------------------------------------------------------------------------- validate
+
+
+def validate(review: AdmissionReview, config: Config) -> AdmissionReview:
+    """Policy on the final object: the gate is the service's alone, GPUs only through a pool."""
+    req = _request(review)
+    pod = req.object
+    if not req.is_pod or not isinstance(pod, dict):
+        return answer(req)
+    if req.operation == "CREATE" and is_singleuser(pod, config):
+        message = _check_create(pod, config)
+    elif req.operation == "UPDATE" and isinstance(req.old_object, dict):
+        if not (is_singleuser(pod, config) or is_singleuser(req.old_object, config)):
+            return answer(req)
+        message = _check_update(req.old_object, pod, req.user_info.username, config)
+    else:
+        return answer(req)
+    if message:
+        return answer(req, allowed=False, message=message)
+    return answer(req)
+
+
+def _pool_resource_users(pod: dict[str, Any], config: Config) -> list[tuple[str, str, str]]:
+    """(container, resource, amount) for every pool resource any container asks for."""
+    found: list[tuple[str, str, str]] = []
+    for field in ("containers", "initContainers", "ephemeralContainers"):
+        for container in containers_of(pod, field):
+            resources = container.get("resources")
+            if not isinstance(resources, dict):
+                continue
+            for part in ("limits", "requests"):
+                values = resources.get(part)
+                if not isinstance(values, dict):
+                    continue
+                for key, value in values.items():
+                    if key in config.pool_resources:
+                        found.append((str(container.get("name")), key, str(value)))
+    return found
+
+
+def _check_create(pod: dict[str, Any], config: Config) -> str:
+    choice = choose_profile(pod, config)
+    if choice.resolution is Resolution.DENIED:
+        return choice.message
+    users = _pool_resource_users(pod, config)
+    profile = choice.profile
+    if profile is None or profile.pool is None:
+        if users:
+            container, resource, _ = users[0]
+            name = choice.name or "(none)"
+            return (
+                f"gpu-queue: container {container!r} asks for {resource}, but profile {name!r} has no GPU pool. "
+                "Choose a GPU profile on the spawn page; admins: set the profile label on GPU profiles "
+                "(kubespawner_override.extra_labels) instead of adding GPUs to other profiles"
+            )
+        return ""
+    pool = config.pools[profile.pool]
+    for container, resource, amount in users:
+        if container != config.container_name or resource != pool.resource:
+            return (
+                f"gpu-queue: only the {config.container_name!r} container may ask for {pool.resource} "
+                f"(container {container!r} asks for {amount} {resource}); remove it from extra_containers "
+                "or init_containers"
+            )
+        if not same_quantity(amount, profile.limits[pool.resource]):
+            return (
+                f"gpu-queue: profile {choice.name!r} gives {profile.limits[pool.resource]} {resource}, the pod asks "
+                f"for {amount}; another mutating webhook changed it — ask your admin to order the webhooks"
+            )
+    if not has_gate(pod, config):
+        return (
+            f"gpu-queue: pods of profile {choice.name!r} must wait in the GPU queue, but this pod has no "
+            f"{config.gate_name} scheduling gate: the gpu-queue mutating webhook did not run. Admins: check the "
+            "MutatingWebhookConfiguration's selectors (`kubectl get mutatingwebhookconfiguration`)"
+        )
+    return ""
+
+
+def _check_update(old: dict[str, Any], new: dict[str, Any], username: str, config: Config) -> str:
+    if username == config.service_account:
+        return ""
+    if has_gate(old, config) and not has_gate(new, config):
+        return (
+            f"gpu-queue: only gpu-queue ({config.service_account}) may remove the {config.gate_name} scheduling "
+            "gate: pods get their GPU slice in arrival order. Wait for your turn (`gpu-queue status` shows the "
+            "queue); admins reorder with `gpu-queue queue move`"
+        )
+    old_annotations, new_annotations = annotations_of(old), annotations_of(new)
+    for key in (config.requested_at_annotation, config.pool_annotation, config.admitted_at_annotation):
+        if old_annotations.get(key) != new_annotations.get(key):
+            return (
+                f"gpu-queue: only gpu-queue may change the {key} annotation (it decides the queue order); "
+                "admins reorder with `gpu-queue queue move NAMESPACE/POD POSITION`"
+            )
+    return ""
