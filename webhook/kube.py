@@ -68,7 +68,9 @@ class Kube:
         request_timeout: float | aiohttp.ClientTimeout | None = None,
     ) -> Obj:
         """One request; the decoded JSON answer, or KubeError."""
-        response = await self._send(method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout)
+        response = await self._send(
+            method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout
+        )
         try:
             data = await response.read()
         finally:
