@@ -1,0 +1,217 @@
+"""In-memory test doubles for the ``QueueStore`` and ``ClusterView`` Protocols.
+
+The store follows the Protocol's docstrings (the Redis store's contract): FIFO by score (requested-at
+in microseconds) then key, ZADD NX, tombstones that give a returning user their old place, grants
+that record waits, releases that record times, Redis-style inclusive ranges. ``down = True`` makes
+every call raise ``StoreUnavailable`` like a Redis outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from webhook.queue import StoreUnavailable
+from webhook.state import Holder, QueueEntry, Tombstone, time_of
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _PoolState:
+    queue: dict[str, QueueEntry] = field(default_factory=dict)
+    holders: dict[str, Holder] = field(default_factory=dict)
+    tombstones: dict[tuple[str, str], Tombstone] = field(default_factory=dict)
+    removed_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    waits: list[float] = field(default_factory=list)  # oldest first
+    releases: list[datetime] = field(default_factory=list)  # oldest first
+
+    def ordered(self) -> list[QueueEntry]:
+        return sorted(self.queue.values(), key=lambda e: (e.score, e.key))
+
+
+class MemoryQueueStore:
+    """A faithful, single-process ``QueueStore``."""
+
+    def __init__(self, clock: Callable[[], datetime] = _now) -> None:
+        self.clock = clock
+        self.down = False
+        self.pools: dict[str, _PoolState] = {}
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def _pool(self, pool: str, op: str, *args: object) -> _PoolState:
+        self.calls.append((op, (pool, *args)))
+        if self.down:
+            raise StoreUnavailable(f"{op}: connection refused (test double is down)")
+        return self.pools.setdefault(pool, _PoolState())
+
+    async def enqueue(self, pool: str, entry: QueueEntry, keep_place_seconds: float) -> QueueEntry:
+        state = self._pool(pool, "enqueue", entry.key, keep_place_seconds)
+        if entry.key in state.queue:
+            return state.queue[entry.key]
+        now = self.clock()
+        place = (entry.user, entry.server)
+        tomb = state.tombstones.pop(place, None) if entry.user else None
+        removed = state.removed_at.pop(place, now)
+        live = tomb is not None and tomb.expires_at > now and removed + timedelta(seconds=keep_place_seconds) > now
+        if tomb is not None and live and tomb.requested_at < entry.requested_at:
+            entry = entry.model_copy(update={"requested_at": tomb.requested_at})
+        state.queue[entry.key] = entry
+        return entry
+
+    async def position(self, pool: str, key: str) -> tuple[int, int] | None:
+        state = self._pool(pool, "position", key)
+        if key not in state.queue:
+            return None
+        ordered = state.ordered()
+        return [e.key for e in ordered].index(key) + 1, len(ordered)
+
+    async def remove(self, pool: str, key: str, keep_place_seconds: float) -> QueueEntry | None:
+        state = self._pool(pool, "remove", key, keep_place_seconds)
+        entry = state.queue.pop(key, None)
+        if entry is not None and keep_place_seconds > 0 and entry.user:
+            now = self.clock()
+            place = (entry.user, entry.server)
+            old = state.tombstones.get(place)
+            keep = entry.requested_at
+            if old is not None and old.expires_at > now and old.requested_at < keep:
+                keep = old.requested_at
+            state.tombstones[place] = Tombstone(
+                user=entry.user,
+                server=entry.server,
+                requested_at=keep,
+                expires_at=now + timedelta(seconds=keep_place_seconds),
+            )
+            state.removed_at[place] = now
+        return entry
+
+    async def grant(self, pool: str, key: str, holder: Holder) -> bool:
+        state = self._pool(pool, "grant", key)
+        entry = state.queue.pop(key, None)
+        if entry is None:
+            return False
+        state.holders[key] = holder
+        state.waits.append(max(0.0, (holder.granted_at - entry.requested_at).total_seconds()))
+        return True
+
+    async def release(self, pool: str, key: str, at: datetime) -> Holder | None:
+        state = self._pool(pool, "release", key)
+        holder = state.holders.pop(key, None)
+        if holder is not None:
+            state.releases.append(at)
+        return holder
+
+    async def entries(self, pool: str, start: int = 0, stop: int = -1) -> list[QueueEntry]:
+        ordered = self._pool(pool, "entries", start, stop).ordered()
+        n = len(ordered)
+        # ZRANGE semantics: negative indexes count from the end, stop is inclusive.
+        lo = start + n if start < 0 else start
+        hi = stop + n if stop < 0 else stop
+        lo = max(lo, 0)
+        hi = min(hi, n - 1)
+        return ordered[lo : hi + 1] if lo <= hi else []
+
+    async def holders(self, pool: str) -> list[Holder]:
+        state = self._pool(pool, "holders")
+        return sorted(state.holders.values(), key=lambda h: (h.granted_at, h.key))
+
+    async def length(self, pool: str) -> int:
+        return len(self._pool(pool, "length").queue)
+
+    async def move(self, pool: str, key: str, position: int) -> QueueEntry | None:
+        if position < 1:
+            raise ValueError(f"position must be >= 1, got {position}")
+        state = self._pool(pool, "move", key, position)
+        entry = state.queue.get(key)
+        if entry is None:
+            return None
+        others = [e for e in state.ordered() if e.key != key]
+        index = min(position, len(others) + 1) - 1
+        if index == [e.key for e in state.ordered()].index(key):
+            return entry
+        before = others[index - 1].score if index > 0 else None
+        after = others[index].score if index < len(others) else None
+        if before is None and after is not None:
+            candidates = [after - 1]
+        elif after is None and before is not None:
+            candidates = [before + 1]
+        elif before is not None and after is not None:
+            candidates = [float((before + after) // 2)] if after - before >= 2 else [before, after]
+        else:
+            candidates = [entry.score]
+        # Like the Redis script: with no room between the neighbours, keep the candidate whose
+        # tie-break by key lands on the target place (or the last one tried).
+        for score in candidates:
+            state.queue[key] = entry.model_copy(update={"requested_at": time_of(score)})
+            if [e.key for e in state.ordered()].index(key) == index:
+                break
+        return state.queue[key]
+
+    async def rebuild(self, pool: str, entries: Sequence[QueueEntry], holders: Sequence[Holder]) -> None:
+        state = self._pool(pool, "rebuild", len(entries), len(holders))
+        state.queue = {e.key: e for e in entries}
+        state.holders = {h.key: h for h in holders}
+
+    async def find_user(self, user: str, server: str) -> list[tuple[str, QueueEntry | Holder]]:
+        if self.down:
+            raise StoreUnavailable("find_user: connection refused (test double is down)")
+        self.calls.append(("find_user", (user, server)))
+        out: list[tuple[str, QueueEntry | Holder]] = []
+        for name, state in self.pools.items():
+            out += [(name, e) for e in state.ordered() if (e.user, e.server) == (user, server)]
+            out += [(name, h) for h in state.holders.values() if (h.user, h.server) == (user, server)]
+        return out
+
+    async def wait_samples(self, pool: str, limit: int = 100) -> list[float]:
+        return list(reversed(self._pool(pool, "wait_samples", limit).waits))[:limit]
+
+    async def release_times(self, pool: str, limit: int = 100) -> list[datetime]:
+        return list(reversed(self._pool(pool, "release_times", limit).releases))[:limit]
+
+    async def ping(self) -> bool:
+        return not self.down
+
+
+class FakeCluster:
+    """A ``ClusterView`` that records the two admin writes."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, tuple[int, int]] = {}
+        self.pods: set[tuple[str, str]] = set()
+        self.synced = True
+        self.deleted: list[tuple[str, str]] = []
+        self.requested_at: dict[tuple[str, str], datetime] = {}
+        self.fail_writes = False
+
+    def pool_usage(self, pool: str) -> tuple[int, int]:
+        return self.usage.get(pool, (0, 0))
+
+    def pod_exists(self, namespace: str, name: str) -> bool | None:
+        if not self.synced:
+            return None
+        return (namespace, name) in self.pods
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        if self.fail_writes:
+            raise RuntimeError("the API server refused the delete (test double)")
+        self.deleted.append((namespace, name))
+        if (namespace, name) in self.pods:
+            self.pods.discard((namespace, name))
+            return True
+        return False
+
+    async def set_requested_at(self, namespace: str, name: str, when: datetime) -> None:
+        if self.fail_writes:
+            raise RuntimeError("the API server refused the patch (test double)")
+        self.requested_at[(namespace, name)] = when
+
+
+def at(seconds: float, base: datetime = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)) -> datetime:
+    """A fixed instant ``seconds`` after a base time, so tests read as a timeline."""
+    return base + timedelta(seconds=seconds)
+
+
+__all__ = ["FakeCluster", "MemoryQueueStore", "at"]

@@ -1,0 +1,394 @@
+"""``gpu-queue status`` and ``gpu-queue queue ls|rm|move``: a small client of the queue API.
+
+The CLI only talks HTTP to ``/api/v1`` (usually through ``kubectl port-forward``), so an admin needs
+no Redis or Kubernetes credentials, and every edit goes through the service that logs it. Rendering
+is pure (``render_*`` take API models and return text) so it is tested without a server. Every error
+is one line that says what to do, and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+from yarl import URL
+
+from webhook.api import API_PREFIX, EditResult, PoolList, QueueListing
+from webhook.eta import format_eta
+from webhook.state import PoolStatus, Position, PositionState
+
+TIMEOUT_SECONDS: Final = 10.0
+AUTH_ADVICE: Final = "pass --token or set GPU_QUEUE_TOKEN"
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class CliError(Exception):
+    """A failure the admin can act on; its message is the one line the CLI prints."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure rendering
+# --------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """Human durations with the two largest units: ``42s``, ``12m31s``, ``1h05m``, ``2d03h``."""
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    if total < 86400:
+        return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """kubectl-style columns: upper-case headers, left-aligned, two spaces apart."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _dash(text: str | None) -> str:
+    return text if text else "-"
+
+
+def render_holders(pool: PoolStatus, now: datetime) -> str:
+    if not pool.holders:
+        return "(no pod holds a slice)"
+    rows = [
+        [
+            _dash(h.user),
+            _dash(h.server),
+            f"{h.namespace}/{h.name}",
+            format_duration((now - h.granted_at).total_seconds()),
+            _dash(h.node),
+        ]
+        for h in pool.holders
+    ]
+    return render_table(["USER", "SERVER", "POD", "SINCE", "NODE"], rows)
+
+
+def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
+    if not listing.entries:
+        return "(queue is empty)" if listing.queue_length == 0 else f"(no entries here; {listing.queue_length} queued)"
+    headers = ["POS", "USER", *(["SERVER"] if with_server else []), "POD", "WAITING", "ETA"]
+    rows = [
+        [
+            str(e.position),
+            _dash(e.user),
+            *([_dash(e.server)] if with_server else []),
+            f"{e.namespace}/{e.name}",
+            format_duration(e.waiting_seconds),
+            format_eta(e.eta),
+        ]
+        for e in listing.entries
+    ]
+    text = render_table(headers, rows)
+    rest = listing.queue_length - listing.offset - len(listing.entries)
+    if rest > 0:
+        text += f"\n... and {rest} more"
+    return text
+
+
+def render_pool_header(pool: PoolStatus) -> str:
+    free = max(0, pool.capacity - pool.in_use)
+    return (
+        f"pool {pool.name} ({pool.resource}): capacity {pool.capacity}, in use {pool.in_use}, "
+        f"free {free}, queued {pool.queued}"
+    )
+
+
+def render_status(pools: Sequence[PoolStatus], queues: Mapping[str, QueueListing], now: datetime) -> str:
+    """Per pool: a header line, the holders table and the queue table."""
+    if not pools:
+        return "no pools are configured"
+    blocks: list[str] = []
+    for pool in pools:
+        parts = [render_pool_header(pool), "", "HOLDERS", render_holders(pool, now), "", "QUEUE"]
+        listing = queues.get(pool.name)
+        parts.append(render_queue(listing) if listing is not None else "(queue not loaded)")
+        blocks.append("\n".join(parts))
+    return "\n\n".join(blocks)
+
+
+def render_edit(result: EditResult) -> str:
+    pod = f"{result.namespace}/{result.name}"
+    if result.action == "moved":
+        return (
+            f"moved {pod} in pool {result.pool} from position {result.previous_position} "
+            f"to {result.position} of {result.queue_length}"
+        )
+    gone = "its pod was deleted" if result.pod_deleted else "its pod was already gone"
+    return f"removed {pod} from pool {result.pool} (was position {result.previous_position}); {gone}"
+
+
+# --------------------------------------------------------------------------------------------
+# The HTTP client
+# --------------------------------------------------------------------------------------------
+
+
+class _Api:
+    """One session against ``--api``; turns every failure into a CliError with advice."""
+
+    def __init__(self, args: argparse.Namespace, session: aiohttp.ClientSession, ssl_arg: ssl.SSLContext | bool):
+        self.root = str(args.api).rstrip("/")
+        self.token = str(args.token or "")
+        self.session = session
+        self.ssl = ssl_arg
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        url = URL(f"{self.root}{API_PREFIX}{path}", encoded=True)
+        headers = {"Accept": "application/json", "X-Gpu-Queue-Actor": _actor()}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with self.session.request(
+                method, url, params=params, json=body, headers=headers, ssl=self.ssl
+            ) as response:
+                text = await response.text()
+                status = response.status
+                retry_after = response.headers.get("Retry-After", "")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise CliError(
+                f"the TLS certificate of {self.root} was not accepted ({exc.certificate_error}): "
+                "pass --ca with the service's CA certificate (or --insecure for a quick look)"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise CliError(
+                f"TLS with {self.root} failed ({exc}): does --api use the right scheme (http or https)?"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            errno = exc.os_error.errno
+            reason = os.strerror(errno).lower() if errno else (exc.os_error.strerror or str(exc.os_error) or str(exc))
+            raise CliError(
+                f"cannot reach the gpu-queue API at {self.root}: {reason}; is `kubectl port-forward` running?"
+            ) from None
+        except TimeoutError:
+            raise CliError(f"the gpu-queue API at {self.root} did not answer within {TIMEOUT_SECONDS:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise CliError(
+                f"cannot talk to the gpu-queue API at {self.root}: {exc or type(exc).__name__}; "
+                "does --api use the right scheme (http or https)?"
+            ) from None
+        try:
+            data: Any = json.loads(text) if text else None
+        except ValueError:
+            data = None
+        if 200 <= status < 300 and data is not None:
+            return data
+        raise self._error(status, data, retry_after, text)
+
+    def _error(self, status: int, data: Any, retry_after: str, text: str) -> CliError:
+        message = data.get("error") if isinstance(data, dict) else None
+        if status == 401:
+            if not self.token:
+                return CliError(f"the API needs a token: {AUTH_ADVICE}")
+            return CliError(
+                f"the API refused the token: {AUTH_ADVICE} (a token from api.readTokens or api.adminTokens)"
+            )
+        if status == 403:
+            return CliError(f"this edit needs an admin token: {AUTH_ADVICE} with a token from api.adminTokens")
+        if not isinstance(message, str):
+            snippet = " ".join(text.split())[:120]
+            return CliError(
+                f"{self.root} answered HTTP {status} without a gpu-queue error ({snippet or 'empty body'}): "
+                "is --api the gpu-queue service?"
+            )
+        if status == 503:
+            wait = f"; retry in {retry_after} s" if retry_after else ""
+            return CliError(f"the gpu-queue API is unavailable: {message}{wait}")
+        return CliError(f"{message} (HTTP {status})")
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return await self.call("GET", path, params=params)
+
+
+def _actor() -> str:
+    """Who runs the CLI, as the OS says (self-reported; the audit log records it beside the token)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return ""
+
+
+def _ssl_arg(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    if args.insecure:
+        return False
+    if args.ca:
+        try:
+            return ssl.create_default_context(cafile=args.ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot use --ca {args.ca}: {getattr(exc, 'strerror', None) or exc}") from None
+    return True
+
+
+@asynccontextmanager
+async def _connect(args: argparse.Namespace) -> AsyncIterator[_Api]:
+    api = str(args.api)
+    parsed = URL(api)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise CliError(f"--api must be an http(s) URL such as https://localhost:8443, got {api!r}")
+    ssl_arg = _ssl_arg(args)
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield _Api(args, session, ssl_arg)
+
+
+def _model(model: type[_M], data: Any) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise CliError(
+            f"unexpected answer from the API ({exc.error_count()} fields do not match {model.__name__}): "
+            "are the CLI and the service the same version?"
+        ) from None
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _pod_arg(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise CliError(f"pod must be NAMESPACE/NAME (e.g. jhub/jupyter-alice), got {text!r}")
+    return namespace, name
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _run(main: Coroutine[Any, Any, None]) -> int:
+    try:
+        asyncio.run(main)
+    except CliError as exc:
+        print(f"gpu-queue: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+async def _queues(api: _Api, names: Sequence[str]) -> dict[str, Any]:
+    answers = await asyncio.gather(*(api.get(f"/pools/{_segment(n)}/queue") for n in names))
+    return dict(zip(names, answers, strict=True))
+
+
+async def _status(args: argparse.Namespace) -> None:
+    async with _connect(args) as api:
+        raw_pools = await api.get("/pools")
+        pools = _model(PoolList, raw_pools).root
+        if args.pool is not None:
+            pools = [p for p in pools if p.name == args.pool]
+            if not pools:
+                known = ", ".join(p.name for p in _model(PoolList, raw_pools).root) or "none"
+                raise CliError(f"no pool named {args.pool!r} (pools: {known})")
+        names = [p.name for p in pools]
+        raw_queues = await _queues(api, names)
+    if args.output == "json":
+        _print_json({"pools": [p for p in raw_pools if p.get("name") in names], "queues": raw_queues})
+        return
+    queues = {name: _model(QueueListing, raw) for name, raw in raw_queues.items()}
+    _print(render_status(pools, queues, datetime.now(UTC)))
+
+
+async def _queue_ls(args: argparse.Namespace) -> None:
+    async with _connect(args) as api:
+        if args.pool is not None:
+            names = [args.pool]
+        else:
+            names = [p.name for p in _model(PoolList, await api.get("/pools")).root]
+        raw_queues = await _queues(api, names)
+    if args.output == "json":
+        _print_json(raw_queues[args.pool] if args.pool is not None else list(raw_queues.values()))
+        return
+    blocks = []
+    for name, raw in raw_queues.items():
+        listing = _model(QueueListing, raw)
+        header = f"pool {name}: {listing.queue_length} queued, capacity {listing.capacity}, in use {listing.in_use}"
+        blocks.append(header + "\n" + render_queue(listing, with_server=True))
+    _print("\n\n".join(blocks) if blocks else "no pools are configured")
+
+
+async def _queued_pool(api: _Api, namespace: str, name: str) -> str:
+    """Edits are addressed by pool: find the pod's, and refuse early when it is not queued."""
+    position = _model(Position, await api.get(f"/queue/{_segment(namespace)}/{_segment(name)}"))
+    if position.state is not PositionState.QUEUED or position.pool is None:
+        what = "holds a slice already" if position.state is PositionState.ADMITTED else "is not in a queue yet"
+        raise CliError(f"pod {namespace}/{name} {what}; only queued pods can be moved or removed")
+    return position.pool
+
+
+async def _queue_rm(args: argparse.Namespace) -> None:
+    namespace, name = _pod_arg(args.pod)
+    async with _connect(args) as api:
+        pool = await _queued_pool(api, namespace, name)
+        path = f"/pools/{_segment(pool)}/queue/{_segment(namespace)}/{_segment(name)}"
+        raw = await api.call("DELETE", path, params={"reason": args.reason})
+    if args.output == "json":
+        _print_json(raw)
+    else:
+        _print(render_edit(_model(EditResult, raw)))
+
+
+async def _queue_move(args: argparse.Namespace) -> None:
+    namespace, name = _pod_arg(args.pod)
+    if args.position < 1:
+        raise CliError(f"position is 1-based (1 = the head of the queue), got {args.position}")
+    async with _connect(args) as api:
+        pool = await _queued_pool(api, namespace, name)
+        path = f"/pools/{_segment(pool)}/queue/{_segment(namespace)}/{_segment(name)}/move"
+        raw = await api.call("POST", path, body={"position": args.position, "reason": args.reason})
+    if args.output == "json":
+        _print_json(raw)
+    else:
+        _print(render_edit(_model(EditResult, raw)))
+
+
+def run_status(args: argparse.Namespace) -> int:
+    return _run(_status(args))
+
+
+def run_queue_ls(args: argparse.Namespace) -> int:
+    return _run(_queue_ls(args))
+
+
+def run_queue_rm(args: argparse.Namespace) -> int:
+    return _run(_queue_rm(args))
+
+
+def run_queue_move(args: argparse.Namespace) -> int:
+    return _run(_queue_move(args))
