@@ -1,0 +1,40 @@
+"""Fixtures for the cluster tier: one real local control plane per session (``dev_cluster``), and
+``clean_cluster`` to give each test the same starting state.
+
+The whole tier skips with the missing binaries named (build them with ``tools/build.sh``) unless
+REQUIRE_CLUSTER_TOOLS is set, as in CI, where a missing binary fails instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cluster import cluster_session, reset_cluster
+from webhook.devcluster import DevCluster
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this directory ``cluster`` (``-m 'not cluster'`` deselects the tier)."""
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """The session's dev cluster: 2 replicas, 8 slices, webhooks on replica 0."""
+    with cluster_session(tmp_path_factory.mktemp("devcluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def clean_cluster(dev_cluster: DevCluster) -> AsyncIterator[DevCluster]:
+    """``dev_cluster`` after ``reset_cluster``: no pods or Events in the hub namespace, an empty
+    Redis, every process running, the original slice count and webhook target."""
+    await reset_cluster(dev_cluster)
+    yield dev_cluster

@@ -1,0 +1,1 @@
+"""The redis tier: the queue store against real redis-server processes."""

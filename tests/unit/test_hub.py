@@ -1,0 +1,767 @@
+"""The hub side (``webhook.hub``) with real JupyterHub ``User`` objects, a real (in-memory) hub
+database, real ``QueueAwareKubeSpawner`` instances, and a fake queue API served by aiohttp on
+127.0.0.1. Only the Kubernetes edges are replaced: the kube config loader, the event reflector's
+watch (a list the test fills) and the pod-creating ``_start`` body."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jupyterhub.user
+import kubespawner.spawner
+import pytest
+from aiohttp import web
+from jupyterhub import orm, roles
+from jupyterhub.objects import Hub
+from jupyterhub.user import User
+from kubespawner import KubeSpawner
+from tornado import web as tornado_web
+from traitlets.config import Config
+
+from webhook.certs import make_ca, make_serving_cert
+from webhook.hub import (
+    QueueApiError,
+    QueueAwareKubeSpawner,
+    QueueStatus,
+    format_eta,
+    friendly_scheduler_message,
+    queue_message,
+)
+from webhook.spawnerpods import PROFILE_LIST
+
+NAMESPACE = "jhub"
+TOKEN = "s3cret-read-token-never-logged"
+pytestmark = pytest.mark.timeout(30)
+
+
+# --------------------------------------------------------------------------- fakes
+
+
+class FakeQueueApi:
+    """``GET /api/v1/users/{user}?server=``: answers set per (user, server); counts requests."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.requests: list[dict[str, str]] = []
+        self._changed = asyncio.Condition()
+        self.url = ""
+
+    def queued(self, user: str, server: str, position: int, length: int, eta: tuple[float, float] | None) -> None:
+        self.answers[(user, server)] = (
+            200,
+            {
+                "pool": "gpu",
+                "state": "queued",
+                "user": user,
+                "server": server,
+                "position": position,
+                "queueLength": length,
+                "capacity": 8,
+                "inUse": 8,
+                "eta": {"known": True, "minSeconds": eta[0], "maxSeconds": eta[1]}
+                if eta
+                else {"known": False, "minSeconds": None, "maxSeconds": None},
+                "refreshSeconds": 0.001,
+            },
+        )
+
+    def admitted(self, user: str, server: str) -> None:
+        self.answers[(user, server)] = (
+            200,
+            {
+                "pool": "gpu",
+                "state": "admitted",
+                "user": user,
+                "server": server,
+                "position": None,
+                "queueLength": 0,
+                "capacity": 8,
+                "inUse": 8,
+                "eta": {"known": True, "minSeconds": 0, "maxSeconds": 0},
+                "refreshSeconds": 0.001,
+            },
+        )
+
+    def failing(self, user: str, server: str, status: int) -> None:
+        self.answers[(user, server)] = (status, {"error": "store unavailable"})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        server = request.query.get("server", "")
+        async with self._changed:
+            self.requests.append({"user": user, "server": server, "auth": request.headers.get("Authorization", "")})
+            self._changed.notify_all()
+        status, body = self.answers.get((user, server), (404, {"error": "no server queued"}))
+        return web.json_response(body, status=status)
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Until ``count`` requests have arrived in total (no sleeping: woken by each request)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.requests) >= count)
+
+
+class FakeEventReflector:
+    """Stands in for KubeSpawner's EventReflector: the events the watch would have delivered."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.first_load_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.first_load_future.set_result(None)
+
+    def add(
+        self, pod: str, message: str, *, type_: str = "Normal", reason: str = "Scheduled", component: str = "scheduler"
+    ) -> None:
+        n = len(self.events)
+        self.events.append(
+            {
+                "source": {"component": component},
+                "reportingComponent": component,
+                "metadata": {"uid": f"uid-{n}", "name": f"{pod}.{n}", "namespace": NAMESPACE},
+                "involvedObject": {"kind": "Pod", "name": pod, "namespace": NAMESPACE},
+                "reason": reason,
+                "type": type_,
+                "message": message,
+                "lastTimestamp": f"2026-11-28T16:0{n}:00Z",
+                "eventTime": None,
+            }
+        )
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def no_kube_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeSpawner loads a kube config in __init__; there is no cluster here."""
+    monkeypatch.setattr(kubespawner.spawner, "load_config", lambda **kwargs: None)
+
+
+@pytest.fixture
+async def reflector() -> AsyncIterator[FakeEventReflector]:
+    fake = FakeEventReflector()
+    key = ("events", NAMESPACE)
+    KubeSpawner.reflectors[key] = fake
+    yield fake
+    KubeSpawner.reflectors.pop(key, None)
+
+
+@pytest.fixture
+async def queue_api(aiohttp_server: Callable[..., Awaitable[Any]]) -> FakeQueueApi:
+    fake = FakeQueueApi()
+    app = web.Application()
+    app.router.add_get("/api/v1/users/{user}", fake.handle)
+    server = await aiohttp_server(app)
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@pytest.fixture
+def hub_db() -> Iterator[Any]:
+    """The hub's own database (in memory) with its default roles and OAuth client."""
+    db = orm.new_session_factory("sqlite:///:memory:")()
+    for role in roles.get_default_roles():
+        roles.create_role(db, role)
+    db.add(orm.OAuthClient(identifier="jupyterhub"))
+    db.commit()
+    yield db
+    db.close()
+
+
+def hub_config(**spawner: Any) -> Config:
+    """What zero-to-jupyterhub renders: the seed profiles, start_timeout 300, our spawner settings."""
+    config = Config()
+    config.KubeSpawner.namespace = NAMESPACE
+    config.KubeSpawner.start_timeout = 300
+    config.KubeSpawner.profile_list = copy.deepcopy(PROFILE_LIST)
+    config.QueueAwareKubeSpawner.queue_api_token = TOKEN
+    config.QueueAwareKubeSpawner.queue_min_refresh_seconds = 0.0
+    config.QueueAwareKubeSpawner.queue_max_refresh_seconds = 0.001
+    for name, value in spawner.items():
+        setattr(config.QueueAwareKubeSpawner, name, value)
+    return config
+
+
+MakeUser = Callable[..., User]
+
+
+@pytest.fixture
+def make_user(hub_db: Any, no_kube_config: None) -> MakeUser:
+    def make(name: str = "alice", config: Config | None = None) -> User:
+        orm_user = orm.User(name=name)
+        hub_db.add(orm_user)
+        hub_db.commit()
+        roles.assign_default_roles(hub_db, orm_user)
+        settings = {
+            "spawner_class": QueueAwareKubeSpawner,
+            "config": config or hub_config(),
+            "hub": Hub(),
+            "domain": "",
+            "base_url": "/",
+            "internal_ssl": False,
+            "allow_named_servers": True,
+        }
+        return User(orm_user, settings)
+
+    return make
+
+
+def named_spawner(user: User, server: str) -> QueueAwareKubeSpawner:
+    if server and server not in user.orm_spawners:
+        user._new_orm_spawner(server, server)
+    spawner = user.spawners[server]
+    assert isinstance(spawner, QueueAwareKubeSpawner)
+    return spawner
+
+
+async def prepared(user: User, profile: str, server: str = "") -> QueueAwareKubeSpawner:
+    """A spawner the hub has prepared for start(): user_options set, pre-spawn hook run."""
+    spawner = named_spawner(user, server)
+    spawner.user_options = {"profile": profile}
+    await spawner.run_pre_spawn_hook()
+    spawner._start_future = asyncio.get_running_loop().create_future()  # start() is running
+    return spawner
+
+
+async def take(progress: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    return await anext(progress)
+
+
+def live_tasks() -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("gpu-queue-") and not t.done())
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "words"),
+    [
+        (300, 600, "about 5-10 min"),
+        (240, 240, "about 4 min"),
+        (10, 40, "less than a minute"),
+        (0, 300, "under 5 min"),
+        (3600, 7200, "about 1-2 h"),
+        (900, 600, "about 15 min"),  # an inverted range still reads as one value
+    ],
+)
+def test_format_eta_reads_like_the_spawn_page(low: float, high: float, words: str) -> None:
+    assert format_eta(True, low, high) == words
+
+
+def test_format_eta_words_match_the_controllers_events() -> None:
+    """The live line and the controller's Events use the same words (hub.py cannot import the
+    service's module: it must run in a hub image without gpu-queue installed)."""
+    from webhook.eta import format_eta as controller_format_eta
+    from webhook.state import Eta
+
+    points = [0, 1, 30, 59, 60, 61, 119, 300, 599, 600, 1799, 3599, 3600, 3601, 5400, 7200, 30000]
+    for low in points:
+        for high in points:
+            ours = format_eta(True, low, high)
+            theirs = controller_format_eta(Eta(known=True, min_seconds=low, max_seconds=high))
+            assert ours == theirs, (low, high)
+    assert format_eta(False, None, None) == controller_format_eta(Eta(known=False))
+
+
+def test_queue_message_names_position_length_and_eta() -> None:
+    status = QueueStatus.from_json(
+        {
+            "state": "queued",
+            "position": 2,
+            "queueLength": 4,
+            "eta": {"known": True, "minSeconds": 300, "maxSeconds": 600},
+        }
+    )
+    assert queue_message(status) == "Waiting for a GPU slice: position 2 of 4, about 5-10 min"
+
+
+def test_queue_message_without_enough_data_says_there_is_no_estimate() -> None:
+    status = QueueStatus.from_json({"state": "queued", "position": 1, "queueLength": 1, "eta": {"known": False}})
+    assert queue_message(status) == "Waiting for a GPU slice: position 1 of 1, wait time unknown"
+
+
+def test_queue_message_is_silent_while_the_controller_has_not_seen_the_pod() -> None:
+    assert queue_message(QueueStatus(state="unknown")) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected_start"),
+    [
+        ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.", "All GPU slices are in use right now"),
+        (
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+            "2 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for "
+            "scheduling, 2 No preemption victims found for incoming pod.",
+            "All GPU slices are in use right now",
+        ),
+        (
+            "0/2 nodes are available: 2 Insufficient memory. preemption: 0/2 nodes are available: "
+            "2 No preemption victims found for incoming pod.",
+            "The cluster has no free memory for this profile",
+        ),
+        (
+            "0/4 nodes are available: 4 Insufficient cpu, 4 Insufficient memory.",
+            "The cluster has no free CPU and memory",
+        ),
+        (
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+            "No node is set up to run this profile",
+        ),
+        ("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.", "Your storage volume"),
+    ],
+)
+def test_scheduler_text_is_rewritten_into_plain_words(raw: str, expected_start: str) -> None:
+    friendly = friendly_scheduler_message(raw)
+    assert friendly is not None
+    assert friendly.startswith(expected_start)
+    assert "nodes are available" not in friendly
+
+
+def test_messages_that_are_not_scheduling_failures_are_left_alone() -> None:
+    assert friendly_scheduler_message("Successfully assigned jhub/jupyter-alice to gpu-1") is None
+    assert friendly_scheduler_message('Pulling image "quay.io/jupyter/pytorch-notebook"') is None
+
+
+# --------------------------------------------------------------------------- which spawns queue
+
+
+async def test_gpu_profile_is_queued_and_cpu_profile_is_not(make_user: MakeUser) -> None:
+    user = make_user()
+    spawner = named_spawner(user, "")
+    spawner.user_options = {"profile": "gpu-enabled"}
+    assert await spawner.is_queued_spawn()
+    spawner.user_options = {"profile": "cpu-only"}
+    assert not await spawner.is_queued_spawn()
+    spawner.user_options = {}  # the default profile (cpu-only)
+    assert not await spawner.is_queued_spawn()
+
+
+async def test_queued_profiles_setting_selects_by_slug_or_profile_label(make_user: MakeUser) -> None:
+    user = make_user(config=hub_config(queued_profiles=["cpu-only"]))
+    spawner = named_spawner(user, "")
+    spawner.user_options = {"profile": "cpu-only"}
+    assert await spawner.is_queued_spawn()
+    spawner.user_options = {"profile": "gpu-enabled"}
+    assert not await spawner.is_queued_spawn()
+
+
+async def test_a_profile_option_choice_that_adds_a_gpu_makes_the_spawn_queue(make_user: MakeUser) -> None:
+    profiles = copy.deepcopy(PROFILE_LIST)
+    profiles[0]["profile_options"] = {
+        "accelerator": {
+            "display_name": "Accelerator",
+            "choices": {
+                "none": {"display_name": "None", "default": True, "kubespawner_override": {}},
+                "gpu": {
+                    "display_name": "One GPU slice",
+                    "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": "1"}},
+                },
+            },
+        }
+    }
+    config = hub_config()
+    config.KubeSpawner.profile_list = profiles
+    spawner = named_spawner(make_user(config=config), "")
+    spawner.user_options = {"profile": "cpu-only", "accelerator": "gpu"}
+    assert await spawner.is_queued_spawn()
+    spawner.user_options = {"profile": "cpu-only"}
+    assert not await spawner.is_queued_spawn()
+
+
+# --------------------------------------------------------------------------- start timeout
+
+
+async def spawn_and_capture_timeout(
+    user: User, monkeypatch: pytest.MonkeyPatch, profile: str, server: str = ""
+) -> tuple[float, int]:
+    """Run the hub's real ``User.spawn`` and return (the timeout the hub gave its wait_for around
+    start(), start_timeout as KubeSpawner's inner pod wait sees it after the profile is loaded)."""
+    spawner = named_spawner(user, server)
+    inner: list[int] = []
+
+    async def start_body() -> str:  # KubeSpawner._start minus the pod: profile loading is real
+        await spawner.load_user_options()
+        inner.append(spawner.start_timeout)
+        return "http://127.0.0.1:8888"
+
+    spawner._start = start_body
+    outer: list[float] = []
+    real_wait_for = asyncio.wait_for
+
+    async def recording_wait_for(fut: Any, timeout: float | None) -> Any:
+        if fut is spawner._start_future:
+            outer.append(timeout if timeout is not None else -1.0)
+        return await real_wait_for(fut, timeout)
+
+    async def no_wait_up(spawner: Any) -> None:  # the hub's HTTP check of the running server
+        return None
+
+    monkeypatch.setattr(jupyterhub.user.asyncio, "wait_for", recording_wait_for)
+    monkeypatch.setattr(user, "_wait_up", no_wait_up)
+    try:
+        await user.spawn(server, options={"profile": profile})
+    finally:
+        monkeypatch.setattr(jupyterhub.user.asyncio, "wait_for", real_wait_for)
+        spawner.stop_polling()
+    assert len(outer) == 1, "the hub wraps start() in exactly one wait_for"
+    return outer[0], inner[0]
+
+
+async def test_hub_waits_hours_for_a_gpu_spawn_but_keeps_start_timeout_for_cpu(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user()
+    assert await spawn_and_capture_timeout(user, monkeypatch, "gpu-enabled") == (3 * 3600, 3 * 3600)
+    # the same Spawner object serves the next spawn (the hub keeps it after a failed spawn, and the
+    # GPU profile's overrides stay merged into it): CPU must not inherit 3 h
+    assert await spawn_and_capture_timeout(user, monkeypatch, "cpu-only") == (300, 300)
+
+
+async def test_a_gpu_limit_from_an_earlier_spawn_does_not_ride_along_on_a_cpu_spawn(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user()
+    await spawn_and_capture_timeout(user, monkeypatch, "gpu-enabled")
+    spawner = named_spawner(user, "")
+    assert spawner.extra_resource_limits == {"nvidia.com/gpu": "1"}  # KubeSpawner merged the override in
+    await spawn_and_capture_timeout(user, monkeypatch, "cpu-only")
+    assert "nvidia.com/gpu" not in spawner.extra_resource_limits
+
+
+async def test_a_profile_start_timeout_override_cannot_shorten_the_queued_wait(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = hub_config(queued_start_timeout=7200)
+    profiles = copy.deepcopy(PROFILE_LIST)
+    profiles[1]["kubespawner_override"]["start_timeout"] = 600
+    config.KubeSpawner.profile_list = profiles
+    user = make_user(config=config)
+    assert await spawn_and_capture_timeout(user, monkeypatch, "gpu-enabled") == (7200, 7200)
+
+
+# --------------------------------------------------------------------------- live progress
+
+
+async def test_progress_shows_the_live_position_and_follows_it(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 2, 4, (300, 600))
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    try:
+        assert await take(progress) == {"message": "Waiting for a GPU slice: position 2 of 4, about 5-10 min"}
+        queue_api.queued("alice", "", 1, 3, (60, 180))
+        assert await take(progress) == {"message": "Waiting for a GPU slice: position 1 of 3, about 1-3 min"}
+    finally:
+        await progress.aclose()
+    assert queue_api.requests[0] == {"user": "alice", "server": "", "auth": f"Bearer {TOKEN}"}
+
+
+async def test_progress_yields_only_changes(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 3, 3, None)
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    try:
+        first = await take(progress)
+        seen = len(queue_api.requests)
+        await queue_api.wait_for_requests(seen + 5)  # five more identical answers arrive
+        queue_api.queued("alice", "", 2, 3, None)
+        second = await take(progress)
+    finally:
+        await progress.aclose()
+    assert first == {"message": "Waiting for a GPU slice: position 3 of 3, wait time unknown"}
+    assert second == {"message": "Waiting for a GPU slice: position 2 of 3, wait time unknown"}
+
+
+async def test_named_server_position_is_asked_for_that_server(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(name="bob.smith@example.org", config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("bob.smith@example.org", "training", 1, 1, (60, 120))
+    spawner = await prepared(user, "gpu-enabled", server="training")
+    progress = spawner.progress()
+    try:
+        assert await take(progress) == {"message": "Waiting for a GPU slice: position 1 of 1, about 1-2 min"}
+    finally:
+        await progress.aclose()
+    assert queue_api.requests[0]["user"] == "bob.smith@example.org"
+    assert queue_api.requests[0]["server"] == "training"
+
+
+async def test_bar_stays_still_while_queued_and_moves_again_once_granted(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 2, 2, (300, 600))
+    spawner = await prepared(user, "gpu-enabled")
+    pod = spawner.pod_name
+    reflector.add(
+        pod, "Waiting for a GPU slice: position 3 of 3, about 10-20 min", reason="Queued", component="gpu-queue"
+    )
+    reflector.add(
+        pod,
+        "Welcome back: your place in the GPU queue was kept (first asked 2m ago)",
+        reason="PlaceKept",
+        component="gpu-queue",
+    )
+    progress = spawner.progress()
+    try:
+        assert await take(progress) == {"message": "Waiting for a GPU slice: position 2 of 2, about 5-10 min"}
+        held_event = await take(progress)
+        # the controller's stale position Event is hidden behind the live line; the other Event
+        # shows, without a progress value, so the bar does not run ahead of the queue
+        assert held_event["message"].endswith("your place in the GPU queue was kept (first asked 2m ago)")
+        assert "progress" not in held_event
+        queue_api.admitted("alice", "")
+        assert await take(progress) == {"message": "GPU slice granted: starting your server"}
+        reflector.add(pod, f"Successfully assigned {NAMESPACE}/{pod} to gpu-node-1")
+        scheduled = await take(progress)
+        assert scheduled["message"].endswith(f"Successfully assigned {NAMESPACE}/{pod} to gpu-node-1")
+        assert isinstance(scheduled["progress"], int) and scheduled["progress"] > 0
+    finally:
+        await progress.aclose()
+
+
+async def test_closing_the_progress_generator_cancels_the_poll(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 5, 5, None)
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    await take(progress)
+    assert live_tasks(), "the poll runs while a tab is open"
+    await progress.aclose()  # the browser tab went away
+    assert live_tasks() == []
+
+
+async def test_progress_ends_when_start_finishes(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 1, 1, (60, 60))
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    await take(progress)
+    spawner._start_future.set_result("http://10.0.0.7:8888")
+    with pytest.raises(StopAsyncIteration):
+        while True:
+            await take(progress)
+    assert live_tasks() == []
+
+
+async def test_cpu_spawn_shows_stock_progress_without_asking_the_queue(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    spawner = await prepared(user, "cpu-only")
+    reflector.add(spawner.pod_name, f"Successfully assigned {NAMESPACE}/{spawner.pod_name} to cpu-1")
+    progress = spawner.progress()
+    try:
+        event = await take(progress)
+    finally:
+        await progress.aclose()
+    assert event["progress"] > 0 and event["message"].endswith("to cpu-1")
+    assert queue_api.requests == []
+
+
+async def test_raw_insufficient_gpu_text_is_replaced_on_the_spawn_page(
+    make_user: MakeUser, reflector: FakeEventReflector
+) -> None:
+    user = make_user()  # no queue API at all: stock behaviour plus the rewrite
+    spawner = await prepared(user, "gpu-enabled")
+    raw = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    reflector.add(spawner.pod_name, raw, type_="Warning", reason="FailedScheduling")
+    progress = spawner.progress()
+    try:
+        event = await take(progress)
+    finally:
+        await progress.aclose()
+    assert event["message"].startswith("2026-11-28T16:00:00Z [Warning] All GPU slices are in use right now")
+    assert event["raw_event"]["message"] == raw  # kept for admins
+
+
+# --------------------------------------------------------------------------- API outages
+
+
+async def test_api_outage_falls_back_to_stock_progress_with_one_warning_and_no_token(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.failing("alice", "", 503)
+    spawner = await prepared(user, "gpu-enabled")
+    reflector.add(spawner.pod_name, f"Successfully assigned {NAMESPACE}/{spawner.pod_name} to gpu-1")
+    caplog.set_level(logging.DEBUG)
+    progress = spawner.progress()
+    try:
+        event = await take(progress)
+        await queue_api.wait_for_requests(5)  # it keeps trying, quietly
+    finally:
+        await progress.aclose()
+    assert event["progress"] > 0 and event["message"].endswith("to gpu-1")  # the stock event, bar moving
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "gpu-queue API" in r.getMessage()]
+    assert len(warnings) == 1
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+
+
+async def test_unreachable_api_raises_a_queue_api_error_not_a_crash(make_user: MakeUser) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    user = make_user(config=hub_config(queue_api_url=f"http://127.0.0.1:{closed_port}"))
+    spawner = named_spawner(user, "")
+    with pytest.raises(QueueApiError) as caught:
+        await spawner.fetch_queue_status()
+    assert not caught.value.permanent
+    assert TOKEN not in str(caught.value)
+
+
+async def test_rejected_token_stops_polling_after_one_warning(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.failing("alice", "", 401)
+    spawner = await prepared(user, "gpu-enabled")
+    reflector.add(spawner.pod_name, "Started container notebook")
+    progress = spawner.progress()
+    try:
+        event = await take(progress)
+        assert event["message"].endswith("Started container notebook")
+        assert live_tasks() == [f"gpu-queue-progress:{spawner._log_name}"]  # the poll has ended
+    finally:
+        await progress.aclose()
+    assert len(queue_api.requests) == 1
+    assert len([r for r in caplog.records if "rejected the token" in r.getMessage()]) == 1
+
+
+async def test_api_behind_tls_is_verified_with_the_configured_ca(
+    make_user: MakeUser, aiohttp_server: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    ca = make_ca()
+    serving = make_serving_cert(ca, [], ips=["127.0.0.1"])
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    (tmp_path / "tls.crt").write_bytes(serving.cert_pem)
+    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    fake = FakeQueueApi()
+    fake.queued("alice", "", 1, 2, None)
+    app = web.Application()
+    app.router.add_get("/api/v1/users/{user}", fake.handle)
+    server = await aiohttp_server(app, ssl=context)
+    url = f"https://127.0.0.1:{server.port}"
+
+    trusting = named_spawner(
+        make_user(config=hub_config(queue_api_url=url, queue_ca_file=str(tmp_path / "ca.crt"))), ""
+    )
+    assert (await trusting.fetch_queue_status()).position == 1
+    untrusting = named_spawner(make_user(name="bob", config=hub_config(queue_api_url=url)), "")
+    with pytest.raises(QueueApiError):
+        await untrusting.fetch_queue_status()  # system CAs do not know the private CA
+
+
+# --------------------------------------------------------------------------- one GPU server per user
+
+
+async def test_second_gpu_server_is_refused_while_the_first_waits(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user()
+    first = named_spawner(user, "")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def queued_start() -> str:  # the first server's pod waits in the queue
+        await first.load_user_options()
+        started.set()
+        await release.wait()
+        return "http://127.0.0.1:8888"
+
+    first._start = queued_start
+    spawn = asyncio.create_task(user.spawn("", options={"profile": "gpu-enabled"}))
+    await started.wait()
+    second = named_spawner(user, "training")
+
+    async def no_pod_to_delete(now: bool = False) -> None:
+        return None
+
+    monkeypatch.setattr(second, "stop", no_pod_to_delete)
+    try:
+        with pytest.raises(tornado_web.HTTPError) as refused:
+            await user.spawn("training", options={"profile": "gpu-enabled"})
+    finally:
+        spawn.cancel()
+        first._start_future.cancel()
+        await asyncio.gather(spawn, return_exceptions=True)
+    assert refused.value.status_code == 409  # a 4xx: the hub does not count it towards consecutiveFailureLimit
+    message = getattr(refused.value, "jupyterhub_message", None) or str(refused.value)
+    assert "Your default server is waiting for a GPU slice" in message
+    assert "one GPU server at a time" in message
+
+
+async def test_cpu_server_next_to_a_gpu_server_is_allowed(make_user: MakeUser) -> None:
+    user = make_user()
+    first = named_spawner(user, "")
+    first.user_options = {"profile": "gpu-enabled"}
+    first._spawn_pending = True  # as the hub's spawn handler marks a spawn in progress
+    second = named_spawner(user, "explore")
+    second.user_options = {"profile": "cpu-only"}
+    await second.run_pre_spawn_hook()  # no exception
+    assert second.start_timeout == 300
+
+
+async def test_policy_can_be_switched_off(make_user: MakeUser) -> None:
+    user = make_user(config=hub_config(one_gpu_server_per_user=False))
+    first = named_spawner(user, "")
+    first.user_options = {"profile": "gpu-enabled"}
+    first._spawn_pending = True
+    second = named_spawner(user, "training")
+    second.user_options = {"profile": "gpu-enabled"}
+    await second.run_pre_spawn_hook()
+    assert second.start_timeout == 3 * 3600
+
+
+async def test_a_slice_the_hub_forgot_but_the_queue_knows_also_counts(
+    make_user: MakeUser, queue_api: FakeQueueApi
+) -> None:
+    # The hub restarted while the default server's pod was queued: the hub thinks it is stopped.
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    named_spawner(user, "")
+    queue_api.queued("alice", "", 2, 6, (600, 900))
+    second = named_spawner(user, "training")
+    second.user_options = {"profile": "gpu-enabled"}
+    with pytest.raises(tornado_web.HTTPError) as refused:
+        await second.run_pre_spawn_hook()
+    message = getattr(refused.value, "jupyterhub_message", None) or str(refused.value)
+    assert "waiting for a GPU slice (position 2 of 6)" in message
+
+
+async def test_queue_outage_does_not_block_a_spawn_through_the_policy(
+    make_user: MakeUser, queue_api: FakeQueueApi
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    named_spawner(user, "")
+    queue_api.failing("alice", "", 503)
+    second = named_spawner(user, "training")
+    second.user_options = {"profile": "gpu-enabled"}
+    await second.run_pre_spawn_hook()
+    assert second.start_timeout == 3 * 3600
+
+
+async def test_the_admins_own_pre_spawn_hook_still_runs(make_user: MakeUser) -> None:
+    seen: list[int] = []
+    config = hub_config()
+    config.KubeSpawner.pre_spawn_hook = lambda spawner: seen.append(spawner.start_timeout)
+    spawner = await prepared(make_user(config=config), "gpu-enabled")
+    assert seen == [3 * 3600]  # and it already sees the queued timeout
+    assert spawner.start_timeout == 3 * 3600

@@ -1,0 +1,435 @@
+"""The HTTP surface: admission endpoints, error bodies, health, readiness, metrics, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from webhook import metrics, server
+from webhook.certs import make_ca, make_serving_cert, write_pair
+from webhook.config import Config, load_config
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[..., Awaitable[Client]]
+
+
+def _config(**server_fields: Any) -> Config:
+    config = load_config(None, env={})
+    if server_fields:
+        config = config.model_copy(update={"server": config.server.model_copy(update=server_fields)})
+    return config
+
+
+def gpu_pod(name: str = "jupyter-alice") -> dict[str, Any]:
+    """What KubeSpawner creates for the GPU profile (the parts admission reads)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"component": "singleuser-server", "gpu-queue.io/profile": "gpu-enabled"},
+            "annotations": {"hub.jupyter.org/username": "alice"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": "quay.io/jupyter/base-notebook:latest",
+                    "resources": {
+                        "limits": {"cpu": 4.0, "memory": 8589934592, "nvidia.com/gpu": 1},
+                        "requests": {"cpu": 1.0, "memory": 2147483648},
+                    },
+                }
+            ]
+        },
+    }
+
+
+def review(pod: dict[str, Any] | None = None, operation: str = "CREATE", uid: str | None = None) -> dict[str, Any]:
+    pod = pod or gpu_pod()
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid or str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "jhub",
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:jhub:hub"},
+            "object": pod,
+        },
+    }
+
+
+def counted(handler: str, outcome: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "gpu_queue_admission_requests_total", {"handler": handler, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory) -> Client:
+    return await aiohttp_client(server.create_app(_config(max_body_bytes=64 * 1024)))
+
+
+# ------------------------------------------------------------------------------------ admission
+
+
+async def test_mutate_gates_a_gpu_pod_and_echoes_the_uid(client: Client) -> None:
+    body = review(uid="u-1")
+    resp = await client.post("/mutate", json=body)
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    answer = await resp.json()
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    assert answer["response"]["uid"] == "u-1" and answer["response"]["allowed"] is True
+    assert answer["response"]["patchType"] == "JSONPatch"
+    assert "gpu-queue.io/slice" in base64.b64decode(answer["response"]["patch"]).decode()
+
+
+async def test_validate_denies_an_ungated_gpu_pod_with_a_message(client: Client) -> None:
+    resp = await client.post("/validate", json=review())
+    answer = (await resp.json())["response"]
+    assert resp.status == 200
+    assert answer["allowed"] is False
+    assert "scheduling gate" in answer["status"]["message"]
+
+
+async def test_admission_outcomes_are_counted_by_handler(client: Client) -> None:
+    before = counted("mutate", "patched"), counted("validate", "denied")
+    await client.post("/mutate", json=review())
+    await client.post("/validate", json=review())
+    assert (counted("mutate", "patched"), counted("validate", "denied")) == (before[0] + 1, before[1] + 1)
+    latency = metrics.REGISTRY.get_sample_value(
+        "gpu_queue_admission_request_duration_seconds_count", {"handler": "mutate", "outcome": "patched"}
+    )
+    assert latency is not None and latency >= 1
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{not json", "not JSON"),
+        (b"", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps({"apiVersion": "v1", "kind": "Pod"}).encode(), "AdmissionReview"),
+        (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).encode(), "v1"),
+        (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(), "no request"),
+        (json.dumps({**review(), "request": {**review()["request"], "uid": ""}}).encode(), "uid"),
+        (json.dumps({**review(), "request": {"kind": {"kind": "Pod"}}}).encode(), "uid"),
+    ],
+    ids=["garbage", "empty", "array", "pod", "v1beta1", "no-request", "empty-uid", "missing-uid"],
+)
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+async def test_bad_body_is_400_with_json_error_and_counted(client: Client, path: str, body: bytes, needle: str) -> None:
+    handler = path.strip("/")
+    before = counted(handler, "bad_request")
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert needle in error
+    assert counted(handler, "bad_request") == before + 1
+
+
+async def test_body_over_the_limit_is_413_json(client: Client) -> None:
+    before = counted("mutate", "bad_request")
+    resp = await client.post("/mutate", data=b"x" * (64 * 1024 + 1))
+    assert resp.status == 413
+    assert "maxBodyBytes" in (await resp.json())["error"]
+    assert counted("mutate", "bad_request") == before + 1
+
+
+async def test_chunked_body_over_the_limit_is_413_json(client: Client) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"y" * 8192
+
+    resp = await client.post("/validate", data=chunks())
+    assert resp.status == 413
+    assert "maxBodyBytes" in (await resp.json())["error"]
+
+
+async def test_get_on_an_admission_path_is_405_json_with_allow(client: Client) -> None:
+    resp = await client.get("/mutate")
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    assert (await resp.json())["error"] == "Method Not Allowed"
+
+
+async def test_unknown_path_is_404_json(client: Client) -> None:
+    resp = await client.get("/nope")
+    assert resp.status == 404
+    assert (await resp.json()) == {"error": "Not Found"}
+
+
+async def test_crash_in_admission_is_a_denial_for_that_uid_not_a_5xx(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(server, "mutate", boom)
+    before = counted("mutate", "error")
+    resp = await client.post("/mutate", json=review(uid="u-crash"))
+    assert resp.status == 200
+    answer = (await resp.json())["response"]
+    assert answer["uid"] == "u-crash" and answer["allowed"] is False
+    assert answer["status"]["code"] == 500
+    assert "u-crash" in answer["status"]["message"]
+    assert counted("mutate", "error") == before + 1
+    monkeypatch.undo()
+    assert (await client.post("/mutate", json=review())).status == 200
+
+
+async def test_crash_while_parsing_is_a_400_json_counted_as_error(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(body: bytes) -> None:
+        raise RecursionError("bug")
+
+    monkeypatch.setattr(server, "parse_review", boom)
+    before = counted("validate", "error")
+    resp = await client.post("/validate", json=review())
+    assert resp.status == 400
+    assert "internal error" in (await resp.json())["error"]
+    assert counted("validate", "error") == before + 1
+
+
+# ----------------------------------------------------------------------------- health, metrics
+
+
+async def test_healthz_and_readyz_answer_once_started(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json()) == {"status": "ready"}
+
+
+async def test_readyz_is_503_and_says_why_while_something_is_pending(client: Client) -> None:
+    client.app[server.READINESS].hold("stopping")
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["waiting_for"] == ["stopping"]
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_ready_with_redis_unreachable_because_admission_does_not_need_it(
+    aiohttp_client: ClientFactory,
+) -> None:
+    config = load_config(None, env={"GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0"})
+    extra, api_app = server.build_components(config)
+    client = await aiohttp_client(server.create_app(config, components=extra, api_app=api_app))
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/mutate", json=review())).status == 200
+
+
+async def test_metrics_expose_admission_series_in_prometheus_format(client: Client) -> None:
+    await client.post("/mutate", json=review())
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    text = await resp.text()
+    assert 'gpu_queue_admission_requests_total{handler="mutate",outcome="patched"}' in text
+    assert "gpu_queue_admission_request_duration_seconds_bucket" in text
+    openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert (await openmetrics.text()).endswith("# EOF\n")
+
+
+async def test_metrics_app_serves_health_and_metrics_but_not_admission(aiohttp_client: ClientFactory) -> None:
+    readiness = server.Readiness("listening")
+    client = await aiohttp_client(server.create_metrics_app(readiness))
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 503
+    readiness.clear("listening")
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/mutate", json=review())).status == 404
+
+
+# ------------------------------------------------------------------------ components, sub-app
+
+
+async def test_components_start_before_ready_and_close_on_shutdown(aiohttp_client: ClientFactory) -> None:
+    seen: list[str] = []
+
+    async def component(app: web.Application) -> AsyncIterator[None]:
+        seen.append(f"start ready={app[server.READINESS].ready}")
+        yield
+        seen.append("stop")
+
+    client = await aiohttp_client(server.create_app(_config(), components=[component]))
+    assert seen == ["start ready=False"]
+    assert (await client.get("/readyz")).status == 200
+    await client.close()
+    assert seen == ["start ready=False", "stop"]
+
+
+async def test_api_app_is_mounted_under_api_v1(aiohttp_client: ClientFactory) -> None:
+    api = web.Application()
+
+    async def pools(request: web.Request) -> web.Response:
+        return web.json_response({"pools": []})
+
+    api.router.add_get("/pools", pools)
+    client = await aiohttp_client(server.create_app(_config(), api_app=api))
+    resp = await client.get("/api/v1/pools")
+    assert resp.status == 200 and (await resp.json()) == {"pools": []}
+
+
+async def test_unexpected_exception_in_an_api_handler_is_a_json_500(aiohttp_client: ClientFactory) -> None:
+    api = web.Application()
+
+    async def broken(request: web.Request) -> web.Response:
+        raise KeyError("bug")
+
+    api.router.add_get("/broken", broken)
+    client = await aiohttp_client(server.create_app(_config(), api_app=api))
+    resp = await client.get("/api/v1/broken")
+    assert resp.status == 500
+    assert "error" in await resp.json()
+    assert (await client.get("/healthz")).status == 200
+
+
+# ------------------------------------------------------------------------------ serve() over TLS
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def tls_config(tmp_path: Path) -> tuple[Config, ssl.SSLContext]:
+    ca = make_ca()
+    write_pair(tmp_path, ca, make_serving_cert(ca, ["localhost"], ["127.0.0.1"]))
+    env = {
+        "GPU_QUEUE_TLS__CERTFILE": str(tmp_path / "tls.crt"),
+        "GPU_QUEUE_TLS__KEYFILE": str(tmp_path / "tls.key"),
+        "GPU_QUEUE_SERVER__HOST": "127.0.0.1",
+        "GPU_QUEUE_SERVER__PORT": str(_free_port()),
+        "GPU_QUEUE_SERVER__METRICSPORT": str(_free_port()),
+        "GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0",
+        "GPU_QUEUE_KUBECONFIG": str(tmp_path / "missing-kubeconfig"),
+    }
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    return load_config(None, env=env), client_ctx
+
+
+async def test_serve_admits_over_tls_with_redis_and_api_unreachable_then_drains_on_stop(
+    tls_config: tuple[Config, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, client_ctx = tls_config
+    release = asyncio.Event()
+    entered = asyncio.Event()
+    cleaned: list[str] = []
+    real_build = server.build_components
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.json_response({"done": True})
+
+    def build(config: Config) -> tuple[list[server.Component], web.Application | None]:
+        extra, _ = real_build(config)
+        api = web.Application()
+        api.router.add_get("/slow", slow)
+
+        async def marker(app: web.Application) -> AsyncIterator[None]:
+            yield
+            cleaned.append("cleanup")
+
+        return [*extra, marker], api
+
+    monkeypatch.setattr(server, "build_components", build)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.serve(config, stop))
+    base = f"https://127.0.0.1:{config.server.port}"
+    plain = f"http://127.0.0.1:{config.server.metrics_port}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
+
+        async def ready() -> bool:
+            try:
+                async with session.get(f"{plain}/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await _until(ready)
+        async with session.post(f"{base}/mutate", json=review()) as r:
+            assert r.status == 200 and (await r.json())["response"]["allowed"] is True
+        async with session.get(f"{base}/readyz") as r:
+            assert r.status == 200
+
+        in_flight = asyncio.ensure_future(session.get(f"{base}/api/v1/slow"))
+        await asyncio.wait_for(entered.wait(), 10)
+        stop.set()
+
+        async def refusing() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as fresh,
+                    fresh.get(f"{base}/healthz"),
+                ):
+                    return False
+            except aiohttp.ClientConnectionError:
+                return True
+
+        await _until(refusing)  # stopped accepting while the request is still in flight
+        assert not task.done()
+        release.set()
+        resp = await asyncio.wait_for(in_flight, 10)
+        assert resp.status == 200 and (await resp.json()) == {"done": True}
+        resp.release()
+    await asyncio.wait_for(task, 15)
+    assert cleaned == ["cleanup"]
+
+
+def test_run_serve_reports_a_bad_config_on_stderr_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("server:\n  port: not-a-port\n")
+    from webhook.cli import main
+
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "server.port" in capsys.readouterr().err
+
+
+def test_run_serve_without_certificate_files_says_what_to_mount(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPU_QUEUE_TLS__CERTFILE", str(tmp_path / "none.crt"))
+    monkeypatch.setenv("GPU_QUEUE_TLS__KEYFILE", str(tmp_path / "none.key"))
+    monkeypatch.setenv("GPU_QUEUE_SERVER__PORT", "0")
+    monkeypatch.setattr("webhook.logs.setup_logging", lambda level="INFO": None)
+    from webhook.cli import main
+
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert "none.crt" in err and "gpu-queue certs --secret" in err

@@ -1,0 +1,594 @@
+"""The hub side of gpu-queue: a KubeSpawner that shows the live queue position and does not time out
+while a user waits for a GPU slice.
+
+Stock KubeSpawner already works with gpu-queue (the controller writes the position as pod Events,
+which the spawn page shows). This subclass adds what Events cannot do:
+
+* a live message on the spawn page (``Waiting for a GPU slice: position 2 of 4, about 5-10 min``),
+  polled from the queue API at the interval the API suggests, with the progress bar held still;
+* a long ``start_timeout`` for queued profiles only, set *before* the hub starts its outer
+  ``wait_for(start(), start_timeout)`` (``kubespawner_override`` is applied inside ``start()``,
+  after the hub has read the timeout, so it cannot do this);
+* scheduler text such as ``0/3 nodes are available: 3 Insufficient nvidia.com/gpu`` rewritten into
+  words a user understands;
+* an optional policy: one GPU server per user.
+
+When the API is unreachable it falls back to stock behaviour with one warning and no crash.
+
+This module imports only what the zero-to-jupyterhub hub image ships (jupyterhub, kubespawner,
+tornado, traitlets and the standard library) and nothing else from this package, so it can be
+mounted into the hub as a single file (``hub.extraFiles``) without installing gpu-queue there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from jupyterhub.utils import maybe_future
+from kubespawner import KubeSpawner
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Bool, Float, Integer, List, Unicode, default
+
+try:  # JupyterHub >= 5.3: a policy failure that does not count towards consecutiveFailureLimit
+    from jupyterhub.spawner import SpawnException as _SpawnException
+except ImportError:  # pragma: no cover - older hubs: a 4xx HTTPError is also not counted
+    _SpawnException = None
+
+ProgressEvent = dict[str, Any]
+
+#: The controller's position Events (hidden while the fresher live line is shown).
+QUEUE_COMPONENT = "gpu-queue"
+QUEUE_EVENT_REASON = "Queued"
+
+
+class QueueApiError(Exception):
+    """The queue API did not give a usable answer (unreachable, refused the token, bad JSON)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent  # retrying will not help (e.g. the token is rejected)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The fields of the API's position answer that the spawn page needs."""
+
+    state: str  # queued | admitted | unknown
+    pool: str | None = None
+    position: int | None = None
+    queue_length: int = 0
+    capacity: int = 0
+    in_use: int = 0
+    eta_known: bool = False
+    eta_min_seconds: float | None = None
+    eta_max_seconds: float | None = None
+    refresh_seconds: float = 10.0
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> QueueStatus:
+        """Parse the camelCase answer, tolerating missing optional fields (older servers)."""
+        eta = data.get("eta") or {}
+        return cls(
+            state=str(data.get("state") or "unknown"),
+            pool=data.get("pool"),
+            position=_int_or_none(data.get("position")),
+            queue_length=int(data.get("queueLength") or 0),
+            capacity=int(data.get("capacity") or 0),
+            in_use=int(data.get("inUse") or 0),
+            eta_known=bool(eta.get("known", False)),
+            eta_min_seconds=_float_or_none(eta.get("minSeconds")),
+            eta_max_seconds=_float_or_none(eta.get("maxSeconds")),
+            refresh_seconds=float(data.get("refreshSeconds") or 10.0),
+        )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def format_eta(known: bool, min_seconds: float | None, max_seconds: float | None) -> str:
+    """A wait range in the words of the controller's Events (``about 5-10 min``, ``about 1-2 h``,
+    ``wait time unknown``), so the live line and the Events never disagree in wording."""
+    if not known or max_seconds is None:
+        return "wait time unknown"
+    low = max(min_seconds or 0.0, 0.0)
+    high = max(max_seconds, low)
+    if high <= 60:
+        return "less than a minute"
+    if high <= 3600:
+        lo_m, hi_m = math.floor(low / 60), math.ceil(high / 60)
+        if lo_m == hi_m:
+            return f"about {hi_m} min"
+        return f"under {hi_m} min" if lo_m == 0 else f"about {lo_m}-{hi_m} min"
+    lo_h, hi_h = math.floor(low / 3600 + 0.5), math.ceil(high / 3600)
+    if lo_h == hi_h:
+        return f"about {hi_h} h"
+    return f"under {hi_h} h" if lo_h == 0 else f"about {lo_h}-{hi_h} h"
+
+
+def queue_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | None:
+    """The spawn-page line for a position answer; None when there is nothing to say yet."""
+    if status.state == "admitted":
+        return f"{slice_name[:1].upper()}{slice_name[1:]} granted: starting your server"
+    if status.state != "queued" or status.position is None:
+        return None
+    length = max(status.queue_length, status.position)
+    eta = format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds)
+    return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}"
+
+
+_NODES_AVAILABLE = re.compile(r"^\s*0/(?P<nodes>\d+) nodes are available: (?P<reasons>.*)$", re.DOTALL)
+_INSUFFICIENT = re.compile(r"(?P<count>\d+) Insufficient (?P<resource>[\w./-]*\w)")
+
+
+def _resource_words(resource: str) -> str:
+    return {"cpu": "CPU", "memory": "memory", "ephemeral-storage": "disk space", "pods": "room for more servers"}.get(
+        resource, resource
+    )
+
+
+def friendly_scheduler_message(
+    text: str, queued_resources: frozenset[str] = frozenset({"nvidia.com/gpu"})
+) -> str | None:
+    """Rewrite the scheduler's FailedScheduling text into words a user understands.
+
+    Returns None when the text is not a scheduling failure this knows (it is then shown as is).
+    """
+    match = _NODES_AVAILABLE.match(text)
+    if match is None:
+        return None
+    reasons = match.group("reasons").split(" preemption:", 1)[0]
+    short = {m.group("resource") for m in _INSUFFICIENT.finditer(reasons)}
+    gpu_short = sorted(short & queued_resources)
+    other_short = sorted(short - queued_resources)
+    if gpu_short:
+        return (
+            "All GPU slices are in use right now. Your server starts as soon as one is free: keep this page "
+            "open, you do not need to retry."
+        )
+    if other_short:
+        what = " and ".join(_resource_words(r) for r in other_short)
+        return (
+            f"The cluster has no free {what} for this profile right now. It may be adding a node; if this "
+            "lasts more than a few minutes, try a smaller profile or contact your administrator."
+        )
+    if "unbound immediate PersistentVolumeClaims" in reasons:
+        return "Your storage volume is still being prepared. Your server starts when it is ready."
+    if "didn't match Pod's node affinity/selector" in reasons or "untolerated taint" in reasons:
+        return (
+            "No node is set up to run this profile (node selector or taints do not match). Please contact your "
+            "administrator."
+        )
+    return None
+
+
+def _redact_url(url: str) -> str:
+    """The URL without any user:password part, for logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _policy_error(message: str) -> Exception:
+    """A 409 that the spawn page shows verbatim and the hub does not count as a spawn error."""
+    if _SpawnException is not None:
+        return cast(Exception, _SpawnException(message, reason="gpu-queue-one-per-user", status_code=409))
+    error = web.HTTPError(409, reason="One GPU server per user")
+    error.jupyterhub_message = message  # type: ignore[attr-defined]  # read by jupyterhub's format_exception
+    return error
+
+
+class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner ships no type hints
+    """KubeSpawner with the live queue position, queue-sized start timeouts and friendlier messages."""
+
+    queue_api_url = Unicode(
+        config=True,
+        help="Base URL of the gpu-queue service, e.g. https://gpu-queue.gpu-queue.svc (env GPU_QUEUE_API_URL). "
+        "Empty: no live position (the controller's pod Events still show it).",
+    )
+
+    @default("queue_api_url")
+    def _default_api_url(self) -> str:
+        return os.environ.get("GPU_QUEUE_API_URL", "")
+
+    queue_api_token = Unicode(
+        config=True,
+        help="A read token of the gpu-queue API (env GPU_QUEUE_TOKEN); with z2jh, the hub.services.gpu-queue token.",
+    )
+
+    @default("queue_api_token")
+    def _default_api_token(self) -> str:
+        return os.environ.get("GPU_QUEUE_TOKEN", "")
+
+    queue_ca_file = Unicode(
+        config=True,
+        help="CA bundle that signed the gpu-queue serving certificate (env GPU_QUEUE_CA); empty: system CAs.",
+    )
+
+    @default("queue_ca_file")
+    def _default_ca_file(self) -> str:
+        return os.environ.get("GPU_QUEUE_CA", "")
+
+    queue_request_timeout = Float(
+        5.0, config=True, help="Seconds one queue API request may take before the live position is skipped."
+    )
+    queue_min_refresh_seconds = Float(
+        2.0, config=True, help="Never poll the queue API more often than this, whatever it suggests."
+    )
+    queue_max_refresh_seconds = Float(
+        60.0, config=True, help="Poll at least this often (also the retry interval while the API is down)."
+    )
+
+    queued_profiles = List(
+        Unicode(),
+        config=True,
+        help="Profiles whose users wait in the queue: KubeSpawner profile slugs or gpu-queue profile names (the "
+        "profile label in the profile's kubespawner_override.extra_labels). Empty: a profile queues when it "
+        "requests one of queued_resources.",
+    )
+    queued_resources = List(
+        Unicode(),
+        default_value=["nvidia.com/gpu"],
+        config=True,
+        help="Extended resources that gpu-queue queues (its pools' resources).",
+    )
+    queue_profile_label = Unicode(
+        "gpu-queue.io/profile", config=True, help="The pod label that names the gpu-queue profile."
+    )
+    queued_start_timeout = Integer(
+        3 * 3600,
+        config=True,
+        help="start_timeout for queued profiles: how long a user may wait for a slice before the hub gives up. "
+        "Other profiles keep start_timeout.",
+    )
+    queue_slice_name = Unicode("GPU slice", config=True, help="What a user waits for, in the spawn page's words.")
+    rewrite_scheduler_messages = Bool(
+        True, config=True, help="Replace raw FailedScheduling text on the spawn page with plain words."
+    )
+    one_gpu_server_per_user = Bool(
+        True,
+        config=True,
+        help="Refuse a second queued server to a user who already holds or waits for a slice (named servers).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The configured timeout, restored for non-queued spawns: a Spawner object lives across spawns.
+        self._configured_start_timeout: int = int(self.start_timeout)
+        # Profile overrides merge into these dicts in place and stay after a failed spawn (the hub
+        # keeps that Spawner object): decide from the configured values, not the current ones.
+        self._configured_limits: dict[str, Any] = dict(self.extra_resource_limits)
+        self._configured_guarantees: dict[str, Any] = dict(self.extra_resource_guarantees)
+        self._queued_spawn = False
+        self._queue_api_warned = False
+
+    # ------------------------------------------------------------------ which spawns queue
+
+    async def _selected_profile_overrides(self) -> list[dict[str, Any]]:
+        """The kubespawner_override dicts the selected profile (and its chosen options) will apply.
+
+        Mirrors KubeSpawner's own profile resolution; it has to run before ``start()``.
+        """
+        profile_list: Any = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(self))
+        if not profile_list:
+            return []
+        profiles = self._get_initialized_profile_list(profile_list)
+        try:
+            profile: dict[str, Any] = self._get_profile(self.user_options.get("profile"), profiles)
+        except (ValueError, StopIteration):
+            return []  # KubeSpawner reports the bad choice itself, in start()
+        overrides: list[dict[str, Any]] = [{"slug": profile.get("slug", "")}, profile.get("kubespawner_override", {})]
+        for name, option in profile.get("profile_options", {}).items():
+            choice = self.user_options.get(name)
+            choices = option.get("choices", {})
+            if self.user_options.get(f"{name}--unlisted-choice"):
+                overrides.append(option.get("unlisted_choice", {}).get("kubespawner_override", {}))
+            elif choice in choices:
+                overrides.append(choices[choice].get("kubespawner_override", {}))
+            else:
+                overrides.extend(c.get("kubespawner_override", {}) for c in choices.values() if c.get("default"))
+        return overrides
+
+    def _override_value(self, override: Mapping[str, Any], key: str) -> Any:
+        value = override.get(key)
+        return value(self) if callable(value) else value
+
+    async def is_queued_spawn(self) -> bool:
+        """Does this spawn (its user_options) wait in gpu-queue's FIFO?"""
+        overrides = await self._selected_profile_overrides()
+        names: set[str] = set()
+        resources: dict[str, Any] = {**self._configured_limits, **self._configured_guarantees}
+        for override in overrides:
+            if override.get("slug"):
+                names.add(str(override["slug"]))
+            labels = self._override_value(override, "extra_labels") or {}
+            if self.queue_profile_label in labels:
+                names.add(str(labels[self.queue_profile_label]))
+            for key in ("extra_resource_limits", "extra_resource_guarantees"):
+                resources.update(self._override_value(override, key) or {})
+        if self.queued_profiles:
+            return bool(names & set(self.queued_profiles))
+        return any(_nonzero(resources.get(r)) for r in self.queued_resources)
+
+    # ------------------------------------------------------------------ timeouts and policy
+
+    async def run_pre_spawn_hook(self) -> Any:
+        """Set start_timeout for this spawn, apply the one-server policy, then the configured hook.
+
+        The hub calls this after applying user_options and *before* ``start()``; right after
+        ``start()`` returns it reads ``start_timeout`` for its ``wait_for``. Profile overrides run
+        inside ``start()`` (KubeSpawner's ``load_user_options``), which is too late for that read.
+        """
+        # Start from the configured resources: KubeSpawner merges a profile's dict overrides into
+        # the Spawner in place, and the hub keeps the Spawner after a failed spawn, so a GPU
+        # profile's nvidia.com/gpu would otherwise ride along on the next, CPU-only spawn.
+        self.extra_resource_limits = dict(self._configured_limits)
+        self.extra_resource_guarantees = dict(self._configured_guarantees)
+        self._queued_spawn = await self.is_queued_spawn()
+        if self._queued_spawn:
+            self._set_start_timeout(max(self._configured_start_timeout, self.queued_start_timeout))
+            if self.one_gpu_server_per_user:
+                await self._check_one_gpu_server()
+        else:
+            self._set_start_timeout(self._configured_start_timeout)
+        return await maybe_future(super().run_pre_spawn_hook())
+
+    async def load_user_options(self) -> None:
+        """Apply the profile, then keep the queued timeout (a profile's own start_timeout may be shorter,
+        and KubeSpawner's inner wait for the pod uses this value)."""
+        await super().load_user_options()
+        if self._queued_spawn:
+            self._set_start_timeout(max(int(self.start_timeout), self.queued_start_timeout))
+
+    def _set_start_timeout(self, seconds: int) -> None:
+        setattr(self, "start_timeout", seconds)  # noqa: B010 - the traitlet, typed Any through KubeSpawner
+
+    async def _check_one_gpu_server(self) -> None:
+        """Refuse this spawn when another server of the same user holds or waits for a slice."""
+        spawners: Mapping[str, Any] = getattr(self.user, "spawners", None) or {}
+        for name, other in spawners.items():
+            if other is self or name == self.name:
+                continue
+            if isinstance(other, QueueAwareKubeSpawner) and other.active and await other.is_queued_spawn():
+                starting = other.pending == "spawn" or getattr(other, "_start_pending", False)
+                what = "is waiting for a GPU slice" if starting else "is running"
+                raise _policy_error(self._one_server_message(name, what))
+        if not self.queue_api_url:
+            return
+        for name in spawners:
+            if name == self.name:
+                continue
+            try:
+                status = await self.fetch_queue_status(name)
+            except QueueApiError:
+                return  # the hub's own state above already had its say; do not block on an outage
+            if status.state == "queued":
+                where = f" (position {status.position} of {status.queue_length})" if status.position else ""
+                raise _policy_error(self._one_server_message(name, f"is waiting for a GPU slice{where}"))
+            if status.state == "admitted":
+                raise _policy_error(self._one_server_message(name, "holds a GPU slice"))
+
+    def _one_server_message(self, other_name: str, what: str) -> str:
+        server = f"server '{other_name}'" if other_name else "default server"
+        return (
+            f"Your {server} {what}. Each user can have one GPU server at a time: stop it from the Hub Control "
+            "Panel first, or start this server with a CPU-only profile."
+        )
+
+    # ------------------------------------------------------------------ the queue API
+
+    async def fetch_queue_status(self, server_name: str | None = None) -> QueueStatus:
+        """GET /api/v1/users/{user}?server= for one of this user's servers (default: this one)."""
+        if not self.queue_api_url:
+            raise QueueApiError("queue_api_url is not set", permanent=True)
+        server = self.name if server_name is None else server_name
+        url = (
+            f"{self.queue_api_url.rstrip('/')}/api/v1/users/{quote(self.user.name, safe='')}"
+            f"?server={quote(server, safe='')}"
+        )
+        headers = {"Accept": "application/json"}
+        if self.queue_api_token:
+            headers["Authorization"] = f"Bearer {self.queue_api_token}"
+        request = HTTPRequest(
+            url,
+            headers=headers,
+            request_timeout=self.queue_request_timeout,
+            connect_timeout=self.queue_request_timeout,
+            ca_certs=self.queue_ca_file or None,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except Exception as exc:  # connection refused, DNS, TLS, timeout: all mean "not now"
+            raise QueueApiError(f"{type(exc).__name__}: {exc}") from None
+        if response.code == 404:
+            return QueueStatus(state="unknown")
+        if response.code in (401, 403):
+            raise QueueApiError(f"HTTP {response.code}: the queue API rejected the token", permanent=True)
+        if response.code != 200:
+            error = response.error
+            detail = f"HTTP {response.code}" if error is None or isinstance(error, HTTPClientError) else str(error)
+            raise QueueApiError(detail)
+        try:
+            return QueueStatus.from_json(json.loads(response.body))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise QueueApiError(f"unexpected answer: {exc}") from None
+
+    def _warn_api_once(self, error: QueueApiError) -> None:
+        """One warning per outage (reset when the API answers), never the token."""
+        if not self._queue_api_warned:
+            self._queue_api_warned = True
+            self.log.warning(
+                "gpu-queue API at %s unavailable for %s (%s); showing the stock spawn progress",
+                _redact_url(self.queue_api_url),
+                self._log_name,
+                error,
+            )
+
+    async def _poll_queue(self) -> AsyncGenerator[QueueStatus | None, None]:
+        """Position answers at the API's refresh interval; None while the API is unavailable.
+
+        Ends once the slice is granted (the pod's own Events tell the rest) or the token is refused.
+        """
+        while True:
+            try:
+                status = await self.fetch_queue_status()
+            except QueueApiError as error:
+                self._warn_api_once(error)
+                yield None
+                if error.permanent:
+                    return
+                await asyncio.sleep(self.queue_max_refresh_seconds)
+                continue
+            self._queue_api_warned = False
+            yield status
+            if status.state == "admitted":
+                return
+            refresh = min(max(status.refresh_seconds, self.queue_min_refresh_seconds), self.queue_max_refresh_seconds)
+            await asyncio.sleep(refresh)
+
+    # ------------------------------------------------------------------ the spawn page
+
+    def _rewrite_event(self, event: ProgressEvent) -> ProgressEvent:
+        """Stock event with FailedScheduling text put into plain words (raw_event kept for admins)."""
+        raw = event.get("raw_event")
+        if not self.rewrite_scheduler_messages or not isinstance(raw, Mapping):
+            return event
+        friendly = friendly_scheduler_message(str(raw.get("message") or ""), frozenset(self.queued_resources))
+        if friendly is None:
+            return event
+        when = raw.get("lastTimestamp") or raw.get("eventTime") or ""
+        return {**event, "message": f"{when} [{raw.get('type', 'Warning')}] {friendly}".strip()}
+
+    @staticmethod
+    def _is_position_event(event: ProgressEvent) -> bool:
+        """The controller's "Waiting for a GPU slice: position ..." Event (reason Queued)."""
+        raw = event.get("raw_event")
+        if not isinstance(raw, Mapping) or raw.get("reason") != QUEUE_EVENT_REASON:
+            return False
+        source = raw.get("source") or {}
+        return QUEUE_COMPONENT in (raw.get("reportingComponent"), source.get("component"))
+
+    async def progress(self) -> AsyncGenerator[ProgressEvent, None]:
+        """Stock pod-event progress merged with live queue messages.
+
+        While the pod waits for a slice: only changed queue messages are yielded, without a
+        ``progress`` value (the bar stays still), and the stock "taking longer than expected"
+        and position Events are hidden behind the fresher live line. Closing the generator (a
+        browser tab went away) cancels the poll and the stock generator.
+        """
+        stock: AsyncGenerator[ProgressEvent, None] = super().progress()
+        if not (self._queued_spawn and self.queue_api_url):
+            async with contextlib.aclosing(stock):
+                async for event in stock:
+                    yield self._rewrite_event(event)
+            return
+
+        inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        async def pump(kind: str, source: AsyncGenerator[Any, None]) -> None:
+            try:
+                async with contextlib.aclosing(source):
+                    async for item in source:
+                        inbox.put_nowait((kind, item))
+            finally:
+                inbox.put_nowait((f"{kind}-done", None))
+
+        tasks = [
+            asyncio.create_task(pump("event", stock), name=f"gpu-queue-progress:{self._log_name}"),
+            asyncio.create_task(pump("queue", self._poll_queue()), name=f"gpu-queue-poll:{self._log_name}"),
+        ]
+        last_message: str | None = None
+        waiting = False  # True while the API says this pod is queued
+        answered = False  # stock events wait for the first queue answer, so the bar never runs ahead of it
+        held: list[ProgressEvent] = []
+        try:
+            while True:
+                kind, item = await inbox.get()
+                if kind == "queue":
+                    status = cast(QueueStatus | None, item)
+                    waiting = status is not None and status.state == "queued"
+                    message = queue_message(status, self.queue_slice_name) if status is not None else None
+                    if message is not None and message != last_message:
+                        last_message = message
+                        yield {"message": message}
+                if kind in ("queue", "queue-done") and not answered:
+                    answered = True
+                    for event in held:
+                        shown = self._present(event, waiting)
+                        if shown is not None:
+                            yield shown
+                    held.clear()
+                if kind == "event":
+                    if not answered:
+                        held.append(cast(ProgressEvent, item))
+                        continue
+                    shown = self._present(cast(ProgressEvent, item), waiting)
+                    if shown is not None:
+                        yield shown
+                elif kind == "event-done":
+                    for event in held:
+                        yield self._rewrite_event(event)
+                    held.clear()
+                    start = self._start_future
+                    if start is None or start.done() or self.events_enabled:
+                        break  # start() finished: the hub takes over from here
+                    # events disabled: the stock generator ends at once; keep the queue line until start() ends
+                    tasks.append(asyncio.create_task(self._signal_when_done(start, inbox)))
+                elif kind == "start-done":
+                    break
+                # "queue-done": granted or token refused; the stock events carry on alone
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _present(self, event: ProgressEvent, waiting: bool) -> ProgressEvent | None:
+        """A stock event as the spawn page should show it; None to hide it behind the live line."""
+        if waiting and ("raw_event" not in event or self._is_position_event(event)):
+            return None  # "taking longer than expected" and the controller's position Events
+        event = self._rewrite_event(event)
+        if waiting:
+            event = {k: v for k, v in event.items() if k != "progress"}  # the bar stays still while queued
+        return event
+
+    @staticmethod
+    async def _signal_when_done(future: asyncio.Future[Any], inbox: asyncio.Queue[tuple[str, Any]]) -> None:
+        await asyncio.wait([future])
+        inbox.put_nowait(("start-done", None))
+
+
+def _nonzero(value: Any) -> bool:
+    """A resource quantity that asks for something (``1``, ``"1"``); ``0``/``None``/``""`` do not."""
+    if value is None:
+        return False
+    try:
+        return float(str(value)) > 0
+    except ValueError:
+        return bool(str(value).strip())
+
+
+__all__: list[str] = [
+    "QueueApiError",
+    "QueueAwareKubeSpawner",
+    "QueueStatus",
+    "format_eta",
+    "friendly_scheduler_message",
+    "queue_message",
+]
