@@ -115,7 +115,8 @@ async def test_api_server_calls_the_webhook_over_tls(clean_cluster: DevCluster) 
     c = clean_cluster
     pods = f"/api/v1/namespaces/{c.hub_namespace}/pods"
     replica = c.state.webhook_replica
-    mutated, validated = (await _admissions(c.metrics_url(replica), h) for h in ("mutate", "validate"))
+    mutated = await _admissions(c.metrics_url(replica), "mutate")
+    validated = await _admissions(c.metrics_url(replica), "validate")
     async with c.kube() as kube:
         cpu = await kube.create(pods, await pod_manifest("alice", "cpu-only"), exist_ok=False)
         resources = _notebook(cpu)["resources"]
@@ -168,10 +169,12 @@ async def test_rbac_is_enforced_on_the_service_identity(clean_cluster: DevCluste
     c = clean_cluster
     async with c.service_kube() as kube:
         await kube.get(f"/api/v1/namespaces/{c.hub_namespace}/pods")
+        await kube.get("/api/v1/pods")  # every namespace: other GPU users on the pool's nodes (I1)
         await kube.get("/api/v1/nodes")
         await kube.get("/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases")
         for method, path, body in (
-            ("GET", "/api/v1/namespaces/default/pods", None),
+            ("PATCH", "/api/v1/namespaces/default/pods/x", {}),  # writes only in the hub namespace
+            ("DELETE", "/api/v1/namespaces/default/pods/x", None),
             ("GET", "/api/v1/namespaces/jhub/secrets", None),
             ("POST", f"/api/v1/namespaces/{c.hub_namespace}/pods", {"metadata": {"name": "x"}}),
             ("PATCH", f"/api/v1/nodes/{c.gpu_node}", {}),

@@ -255,6 +255,8 @@ class DevCluster:
         started = time.monotonic()
         try:
             yield
+        except asyncio.CancelledError:
+            raise  # another step failed first; that one reports
         except BaseException:
             self._say(f"{what} ... FAILED ({time.monotonic() - started:.1f}s)")
             raise

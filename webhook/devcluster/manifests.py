@@ -25,11 +25,13 @@ SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts",)
 # and the stuck-head policy), write Events (core and events.k8s.io, so either client API works),
 # watch nodes (capacity: auto), and hold a Lease (leader election).
 HUB_NAMESPACE_RULES: list[JSON] = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch", "delete"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 CLUSTER_RULES: list[JSON] = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    # Read every pod: other workloads asking for a pool's GPU on its nodes use slices too (I1).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
 ]
 LEASE_RULES: list[JSON] = [
     {

@@ -1,0 +1,153 @@
+"""The seed scenarios on a real local control plane (kube-apiserver, kube-scheduler, kwok GPU
+node, etcd, redis-server, two gpu-queue replicas), plus the faults only this tier can inject."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests import scenarios
+from tests.scenarios import Target, gated, holders_and_queue, wait_for
+from webhook.devcluster import DevCluster
+from webhook.kube import Kube, KubeError, load_client
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+async def target(clean_cluster: DevCluster) -> AsyncIterator[Target]:
+    kube = Kube(await load_client(clean_cluster.kubeconfig))
+    try:
+        yield Target(
+            kube=kube,
+            namespace=clean_cluster.hub_namespace,
+            gpu_node=clean_cluster.gpu_node,
+            api_url=clean_cluster.api_url(0),
+            read_token=clean_cluster.read_token,
+            ca_file=str(clean_cluster.ca_file),
+            set_slices=clean_cluster.set_gpu_slices,
+            slices=clean_cluster.slices,
+        )
+    finally:
+        await kube.aclose()
+
+
+def report(name: str, data: Any) -> None:
+    print(f"[scenario] {name}: {json.dumps(data, default=str)}")
+
+
+async def test_seed_story_ninth_user_waits_then_gets_the_freed_slice(target: Target) -> None:
+    result = await scenarios.seed_story(target)
+    report("seed story", result)
+
+
+async def test_cpu_pods_are_never_gated_while_the_gpu_pool_is_full(target: Target) -> None:
+    await scenarios.cpu_never_gated(target)
+
+
+async def test_burst_of_30_is_granted_in_requested_at_order(target: Target) -> None:
+    report("burst", await scenarios.burst_in_order(target, 30))
+
+
+async def test_slices_8_to_16_grants_next_8_and_16_to_8_evicts_nobody(target: Target) -> None:
+    await scenarios.capacity_follows_the_node(target)
+
+
+async def test_cancelled_user_returning_gets_the_old_place(target: Target) -> None:
+    await scenarios.cancel_keeps_place(target)
+
+
+async def test_only_the_service_account_may_remove_the_gate(target: Target) -> None:
+    message = await scenarios.user_cannot_remove_the_gate(target, target.kube)
+    report("gate removal denied", message)
+
+
+async def test_webhook_down_gives_the_user_a_clear_error(target: Target, clean_cluster: DevCluster) -> None:
+    clean_cluster.kill_service(clean_cluster.state.webhook_replica)
+    with pytest.raises(KubeError) as caught:
+        await target.spawn("unlucky")
+    message = caught.value.reason
+    report("webhook down", message)
+    assert "failed calling webhook" in message and "gpu-queue" in message
+    assert await target.pods() == {}, "failurePolicy Fail: no pod may slip through unqueued"
+
+
+async def test_redis_outage_keeps_admitting_and_granting_in_order_then_rebuilds(
+    target: Target, clean_cluster: DevCluster
+) -> None:
+    holders = await scenarios.fill_pool(target, target.slices)
+    clean_cluster.redis_kill()
+    queued = [(await target.spawn(f"nored{i}"))["metadata"]["name"] for i in range(4)]
+    _, waiting = await wait_for(lambda: _queue_len(target, 4), 15, "4 pods admitted and gated without Redis")
+    assert waiting == queued, "order comes from the pods' requested-at"
+    await target.logout(holders[0])
+    await wait_for(lambda: _holding(target, queued[0]), 10, "the head to be granted without Redis")
+    holding, waiting = await holders_and_queue(target)
+    assert len(holding) == target.slices and waiting == queued[1:]
+
+    await clean_cluster.redis_start()  # empty: everything the index had is gone
+
+    async def rebuilt() -> bool:
+        answers = await asyncio.gather(*(target.position(n) for n in queued[1:]))
+        return [a.get("position") for a in answers] == [1, 2, 3]
+
+    started = time.monotonic()
+    await wait_for(rebuilt, 15, "the FIFO to be rebuilt in the same order after Redis came back empty")
+    report("redis rebuild seconds", round(time.monotonic() - started, 2))
+
+
+async def test_leader_killed_mid_queue_the_other_takes_over_without_double_grants(
+    target: Target, clean_cluster: DevCluster
+) -> None:
+    holders = await scenarios.fill_pool(target, target.slices)
+    queued = [(await target.spawn(f"lq{i}"))["metadata"]["name"] for i in range(4)]
+    await wait_for(lambda: _queue_len(target, 4), 15, "4 queued")
+    leader = await _leader_index(target)
+    clean_cluster.kill_service(leader)
+    if clean_cluster.state.webhook_replica == leader:
+        await clean_cluster.point_webhooks_at(1 - leader)  # what the Service does in a real cluster
+    killed = time.monotonic()
+    await target.logout(holders[0])
+    await target.logout(holders[1])
+
+    max_holding = 0
+
+    async def two_granted() -> bool:
+        nonlocal max_holding
+        holding, waiting = await holders_and_queue(target)
+        max_holding = max(max_holding, len(holding))
+        return waiting == queued[2:] and len(holding) == target.slices
+
+    await wait_for(two_granted, 30, "the new leader to grant the next two in order")
+    took = time.monotonic() - killed
+    assert max_holding <= target.slices, f"{max_holding} holders for {target.slices} slices"
+    lease = clean_cluster.service_config.controller.lease_duration_seconds
+    report("failover", {"seconds": round(took, 2), "lease_duration": lease})
+    assert took < lease * 3, f"takeover took {took:.1f}s for a {lease}s lease"
+    assert await _leader_index(target) == 1 - leader
+
+
+async def _queue_len(target: Target, n: int) -> tuple[list[str], list[str]] | None:
+    holding, waiting = await holders_and_queue(target)
+    return (holding, waiting) if len(waiting) == n else None
+
+
+async def _holding(target: Target, name: str) -> bool:
+    pod = await target.pod(name)
+    return pod is not None and not gated(pod)
+
+
+async def _leader_index(target: Target) -> int:
+    async def holder() -> int | None:
+        lease = await target.kube.request(
+            "GET", "/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases/gpu-queue-leader"
+        )
+        identity = (lease.get("spec") or {}).get("holderIdentity") or ""
+        return int(identity.rsplit("-", 1)[1]) + 1 if identity.startswith("gpu-queue-") else None
+
+    return await wait_for(holder, 20, "a leader") - 1
