@@ -40,16 +40,17 @@ class Target:
     ca_file: str
     set_slices: Callable[[int], Awaitable[None]]
     slices: int = 8
+    # Where a real kubelet runs the pods (kind), a tiny image that starts at once.
+    image: str | None = None
     notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------- pods
 
     async def spawn(self, user: str, profile: str | None = "gpu-enabled", server: str = "") -> dict[str, Any]:
         """Create the pod a KubeSpawner hub would create for ``user``'s ``server``."""
-        pod = await pod_manifest(user, profile, server, namespace=self.namespace)
-        created: dict[str, Any] = await self.kube.request(
-            "POST", f"/api/v1/namespaces/{self.namespace}/pods", body=pod
-        )
+        extra = {"image": self.image} if self.image else None
+        pod = await pod_manifest(user, profile, server, namespace=self.namespace, extra=extra)
+        created: dict[str, Any] = await self.kube.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=pod)
         return created
 
     async def logout(self, name: str) -> None:
@@ -64,7 +65,9 @@ class Target:
         listing = await self.kube.request(
             "GET", f"/api/v1/namespaces/{self.namespace}/pods", query={"labelSelector": "component=singleuser-server"}
         )
-        return {p["metadata"]["name"]: p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")}
+        return {
+            p["metadata"]["name"]: p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")
+        }
 
     async def pod(self, name: str) -> dict[str, Any] | None:
         try:
@@ -129,7 +132,9 @@ async def wait_for(check: Callable[[], Awaitable[T | None]], within: float, what
             if value:
                 return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}" + (f" (last: {last!r})" if last else ""))
+            raise AssertionError(
+                f"timed out after {within:.0f}s waiting for {what}" + (f" (last: {last!r})" if last else "")
+            )
         await asyncio.sleep(interval)
 
 
@@ -300,7 +305,9 @@ async def user_cannot_remove_the_gate(target: Target, user_kube: Kube) -> str:
     await fill_pool(target, target.slices)
     name = (await target.spawn("impatient"))["metadata"]["name"]
     try:
-        await user_kube.patch_json(pod_path(target.namespace, name), [{"op": "remove", "path": "/spec/schedulingGates/0"}])
+        await user_kube.patch_json(
+            pod_path(target.namespace, name), [{"op": "remove", "path": "/spec/schedulingGates/0"}]
+        )
     except KubeError as exc:
         assert exc.status in (400, 403), exc
         assert "only gpu-queue" in str(exc.reason), exc.reason

@@ -81,6 +81,7 @@ class QueueController:
         self.store_dirty = True
         self.last_rebuild = 0.0
         self.freed_at: dict[str, float] = {}  # pool -> monotonic time a slice was seen free
+        self.events: asyncio.Queue[tuple[PodView, str, str, str]] = asyncio.Queue(maxsize=10_000)
         self.pod_informer = Informer(
             kube,
             "/api/v1/pods",
@@ -174,6 +175,7 @@ class QueueController:
             asyncio.create_task(self.node_informer.run(), name="node-informer"),
             asyncio.create_task(self.elector.run(), name="leader-election"),
             asyncio.create_task(self._leader_loop(), name="leader-loop"),
+            *(asyncio.create_task(self._event_writer(), name=f"event-writer-{i}") for i in range(4)),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -416,13 +418,8 @@ class QueueController:
             message = f"Waiting for a GPU slice: position {position} of {length}, {format_eta(eta)}"
             self.posted[view.key] = (position, clock)
             todo.append((view, message))
-        limit = asyncio.Semaphore(8)
-
-        async def post(view: PodView, message: str) -> None:
-            async with limit:
-                await self._event(view, "Queued", message)
-
-        await asyncio.gather(*(post(v, m) for v, m in todo))
+        for view, message in todo:
+            await self._event(view, "Queued", message)
 
     async def _check_stuck(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
         """I7: a granted pod not Ready in time is reported, and per policy loses its slice."""
@@ -473,6 +470,21 @@ class QueueController:
         metrics.IN_USE.labels(name).set(pool_plan.in_use)
 
     async def _event(self, view: PodView, reason: str, message: str, *, kind: str = "Normal") -> None:
+        """Queue an Event for the writers: a grant never waits for 200 position Events to post."""
+        try:
+            self.events.put_nowait((view, reason, message, kind))
+        except asyncio.QueueFull:
+            metrics.EVENTS.labels("dropped").inc()
+
+    async def _event_writer(self) -> None:
+        while True:
+            view, reason, message, kind = await self.events.get()
+            try:
+                await self._post_event(view, reason, message, kind=kind)
+            finally:
+                self.events.task_done()
+
+    async def _post_event(self, view: PodView, reason: str, message: str, *, kind: str = "Normal") -> None:
         """A new core/v1 Event on the pod: stock KubeSpawner shows it on the spawn page."""
         now = _event_time(datetime.now(UTC))
         body: dict[str, Any] = {

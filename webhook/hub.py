@@ -279,22 +279,20 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
 
     # ------------------------------------------------------------------ which spawns queue
 
-    async def _selected_profile_overrides(self) -> list[dict[str, Any]]:
-        """The kubespawner_override dicts the selected profile (and its chosen options) will apply.
-
-        Mirrors KubeSpawner's own profile resolution; it has to run before ``start()``.
-        """
+    async def _selected_profile(self) -> tuple[str, list[dict[str, Any]]]:
+        """The selected profile's slug and the kubespawner_override dicts it (and its chosen options)
+        will apply. Mirrors KubeSpawner's own profile resolution, which runs too late (in start())."""
         profile_list: Any = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(self))
         if not profile_list:
-            return []
+            return "", []
         profiles = self._get_initialized_profile_list(profile_list)
         try:
             profile: dict[str, Any] = self._get_profile(self.user_options.get("profile"), profiles)
         except (ValueError, StopIteration):
-            return []  # KubeSpawner reports the bad choice itself, in start()
-        overrides: list[dict[str, Any]] = [{"slug": profile.get("slug", "")}, profile.get("kubespawner_override", {})]
+            return "", []  # KubeSpawner reports the bad choice itself, in start()
+        overrides: list[dict[str, Any]] = [profile.get("kubespawner_override", {})]
         for name, option in profile.get("profile_options", {}).items():
             choice = self.user_options.get(name)
             choices = option.get("choices", {})
@@ -304,7 +302,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                 overrides.append(choices[choice].get("kubespawner_override", {}))
             else:
                 overrides.extend(c.get("kubespawner_override", {}) for c in choices.values() if c.get("default"))
-        return overrides
+        return str(profile.get("slug", "")), overrides
 
     def _override_value(self, override: Mapping[str, Any], key: str) -> Any:
         value = override.get(key)
@@ -312,12 +310,10 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
 
     async def is_queued_spawn(self) -> bool:
         """Does this spawn (its user_options) wait in gpu-queue's FIFO?"""
-        overrides = await self._selected_profile_overrides()
-        names: set[str] = set()
+        slug, overrides = await self._selected_profile()
+        names = {slug} if slug else set()
         resources: dict[str, Any] = {**self._configured_limits, **self._configured_guarantees}
         for override in overrides:
-            if override.get("slug"):
-                names.add(str(override["slug"]))
             labels = self._override_value(override, "extra_labels") or {}
             if self.queue_profile_label in labels:
                 names.add(str(labels[self.queue_profile_label]))
@@ -372,9 +368,10 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                 raise _policy_error(self._one_server_message(name, what))
         if not self.queue_api_url:
             return
-        for name in spawners:
-            if name == self.name:
-                continue
+        # Every server the hub knows of, loaded or not: after a hub restart a server whose pod still
+        # waits in the queue is not active in the hub, but the queue knows it.
+        names = set(spawners) | set(getattr(self.user, "orm_spawners", None) or {})
+        for name in sorted(names - {self.name}):
             try:
                 status = await self.fetch_queue_status(name)
             except QueueApiError:

@@ -25,7 +25,7 @@ from webhook import server
 from webhook.config import load_config
 
 FUZZ = settings(
-    max_examples=200,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,

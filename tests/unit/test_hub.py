@@ -5,11 +5,14 @@ watch (a list the test fills) and the pod-creating ``_start`` body."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
 import logging
 import socket
 import ssl
+import sys
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import jupyterhub.user
 import kubespawner.spawner
 import pytest
+import yaml
 from aiohttp import web
 from jupyterhub import orm, roles
 from jupyterhub.objects import Hub
@@ -25,7 +29,9 @@ from kubespawner import KubeSpawner
 from tornado import web as tornado_web
 from traitlets.config import Config
 
+import webhook.hub
 from webhook.certs import make_ca, make_serving_cert
+from webhook.config import load_config
 from webhook.hub import (
     QueueApiError,
     QueueAwareKubeSpawner,
@@ -34,6 +40,7 @@ from webhook.hub import (
     friendly_scheduler_message,
     queue_message,
 )
+from webhook.quantity import parse_quantity
 from webhook.spawnerpods import PROFILE_LIST
 
 NAMESPACE = "jhub"
@@ -495,8 +502,8 @@ async def test_named_server_position_is_asked_for_that_server(
         assert await take(progress) == {"message": "Waiting for a GPU slice: position 1 of 1, about 1-2 min"}
     finally:
         await progress.aclose()
-    assert queue_api.requests[0]["user"] == "bob.smith@example.org"
-    assert queue_api.requests[0]["server"] == "training"
+    # (the one-GPU-server check asked about the default server first; the progress asks about this one)
+    assert (queue_api.requests[-1]["user"], queue_api.requests[-1]["server"]) == ("bob.smith@example.org", "training")
 
 
 async def test_bar_stays_still_while_queued_and_moves_again_once_granted(
@@ -736,7 +743,7 @@ async def test_a_slice_the_hub_forgot_but_the_queue_knows_also_counts(
 ) -> None:
     # The hub restarted while the default server's pod was queued: the hub thinks it is stopped.
     user = make_user(config=hub_config(queue_api_url=queue_api.url))
-    named_spawner(user, "")
+    assert "" not in user.spawners  # not even loaded, only in the hub's database
     queue_api.queued("alice", "", 2, 6, (600, 900))
     second = named_spawner(user, "training")
     second.user_options = {"profile": "gpu-enabled"}
@@ -765,3 +772,77 @@ async def test_the_admins_own_pre_spawn_hook_still_runs(make_user: MakeUser) -> 
     spawner = await prepared(make_user(config=config), "gpu-enabled")
     assert seen == [3 * 3600]  # and it already sees the queued timeout
     assert spawner.start_timeout == 3 * 3600
+
+
+# --------------------------------------------------------------------------- the documented setup
+
+ROOT = Path(__file__).resolve().parents[2]
+HUB_IMAGE_PACKAGES = {"jupyterhub", "kubespawner", "tornado", "traitlets"}
+
+
+def test_hub_module_imports_only_what_the_hub_image_ships() -> None:
+    """docs/install.md mounts webhook/hub.py into the hub as a single file: it must not import the
+    rest of this package, nor anything the zero-to-jupyterhub hub image lacks."""
+    tree = ast.parse((ROOT / "webhook" / "hub.py").read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the file is mounted on its own"
+            imported.add((node.module or "").split(".")[0])
+    outside = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
+    assert outside <= HUB_IMAGE_PACKAGES, outside - HUB_IMAGE_PACKAGES
+
+
+def _bytes_of(jupyterhub_size: str | int | float) -> float:
+    """JupyterHub's byte spec: ``8G`` is 8 x 1024**3 (what KubeSpawner sends for mem_limit)."""
+    from jupyterhub.traitlets import ByteSpecification
+
+    return float(ByteSpecification().validate(None, jupyterhub_size))
+
+
+async def test_z2jh_values_example_wires_the_spawner_and_matches_the_shipped_profiles(
+    monkeypatch: pytest.MonkeyPatch, no_kube_config: None
+) -> None:
+    values = yaml.safe_load((ROOT / "docs" / "z2jh-values.yaml").read_text())
+    hub = values["hub"]
+    # every documented setting is a real configurable trait
+    for name in hub["config"]["QueueAwareKubeSpawner"]:
+        assert name in QueueAwareKubeSpawner.class_trait_names(config=True), name
+    for name in hub["config"]["KubeSpawner"]:
+        assert name in KubeSpawner.class_trait_names(config=True), name
+    # the extraConfig snippet runs as z2jh runs it: with z2jh's module and the mounted file importable
+    assert hub["extraFiles"]["gpu-queue-hub"]["mountPath"] == "/usr/local/etc/jupyterhub/gpu_queue_hub.py"
+    z2jh = types.ModuleType("z2jh")
+    z2jh.get_secret_value = {"hub.services.gpu-queue.apiToken": TOKEN}.__getitem__  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "z2jh", z2jh)
+    monkeypatch.setitem(sys.modules, "gpu_queue_hub", webhook.hub)
+    c = Config()
+    exec(compile(hub["extraConfig"]["gpu-queue"], "extraConfig", "exec"), {"c": c})
+    assert c.JupyterHub.spawner_class is QueueAwareKubeSpawner
+    assert c.QueueAwareKubeSpawner.queue_api_token == TOKEN
+    assert "gpu-queue" in hub["services"]
+    # the profiles' labels and numbers agree with gpu-queue's shipped configuration
+    shipped = load_config(env={})
+    profiles = values["singleuser"]["profileList"]
+    for profile in profiles:
+        override = profile["kubespawner_override"]
+        name = override["extra_labels"]["gpu-queue.io/profile"]
+        expected = shipped.profiles[name]
+        assert parse_quantity(str(override["cpu_limit"])) == parse_quantity(expected.limits["cpu"])
+        assert parse_quantity(str(override["cpu_guarantee"])) == parse_quantity(expected.requests["cpu"])
+        assert _bytes_of(override["mem_limit"]) == parse_quantity(expected.limits["memory"])
+        assert _bytes_of(override["mem_guarantee"]) == parse_quantity(expected.requests["memory"])
+        gpus = override.get("extra_resource_limits", {}).get("nvidia.com/gpu")
+        assert (gpus is not None) == (expected.pool is not None)
+    assert values["cull"]["timeout"] == shipped.pools["gpu"].cull_timeout_seconds
+    # and the spawner, configured that way, queues exactly the GPU profile
+    config = hub_config()
+    config.KubeSpawner.profile_list = profiles
+    spawner = QueueAwareKubeSpawner(_mock=True, config=config)
+    queued: dict[str, bool] = {}
+    for profile in profiles:
+        spawner.user_options = {"profile": profile["slug"]}
+        queued[profile["slug"]] = await spawner.is_queued_spawn()
+    assert queued == {"cpu-only": False, "gpu-enabled": True}

@@ -226,10 +226,11 @@ async def test_readyz_is_503_and_says_why_while_something_is_pending(client: Cli
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_ready_with_redis_unreachable_because_admission_does_not_need_it(
-    aiohttp_client: ClientFactory,
+async def test_ready_with_redis_and_api_unreachable_because_admission_does_not_need_them(
+    aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    config = load_config(None, env={"GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0"})
+    env = {"GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0", "GPU_QUEUE_KUBECONFIG": str(tmp_path / "missing")}
+    config = load_config(None, env=env)
     extra, api_app = server.build_components(config)
     client = await aiohttp_client(server.create_app(config, components=extra, api_app=api_app))
     assert (await client.get("/readyz")).status == 200
