@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from webhook.devcluster import DevCluster, missing_cluster_tools  # noqa: E402
-from webhook.kube import Kube, KubeError, load_client, pod_path  # noqa: E402
-from webhook.spawnerpods import pod_manifest  # noqa: E402
+from webhook.devcluster import DevCluster, missing_cluster_tools
+from webhook.kube import Kube, KubeError, load_client, pod_path
+from webhook.spawnerpods import pod_manifest
 
 GATE = "gpu-queue.io/slice"
 

@@ -9,6 +9,7 @@ way the hub creates them. Every wait is a poll with a deadline; every assertion 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -255,7 +256,7 @@ async def burst_in_order(target: Target, count: int = 30) -> dict[str, Any]:
     stamps = [admitted_at(pods[n]) for n in expected]
     assert all(s is not None for s in stamps)
     # I2: along the queue order, grant times never go backwards.
-    assert all(a <= b for a, b in zip(stamps, stamps[1:], strict=False)), list(zip(expected, stamps, strict=True))  # type: ignore[operator]
+    assert all(a <= b for a, b in itertools.pairwise(stamps)), list(zip(expected, stamps, strict=True))  # type: ignore[operator]
     granted_order = expected
     return {"granted_in_order": granted_order}
 

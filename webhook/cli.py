@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     demo.add_argument("--slices", type=int, default=8)
     demo.add_argument(
+        "--pace",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="pause between story steps so a person can follow (0: no pauses)",
+    )
+    demo.add_argument(
         "--state-dir",
         default=os.environ.get("GPU_QUEUE_DEV_DIR", os.path.expanduser("~/.local/state/gpu-queue/dev")),
     )

@@ -144,6 +144,10 @@ class Api(_Model):
     @field_validator("read_tokens", "admin_tokens", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            v = str(v)  # an all-digit token read from the environment
+        if isinstance(v, list):
+            return [str(t) if isinstance(t, int | float) else t for t in v]
         if isinstance(v, str):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
@@ -157,6 +161,15 @@ class Controller(_Model):
     lease_duration_seconds: float = Field(15.0, gt=0, alias="leaseDurationSeconds")
     event_min_interval_seconds: float = Field(10.0, ge=0, alias="eventMinIntervalSeconds")
     identity: str = Field("", description="Leader identity; default: POD_NAME or the host name")
+    order_settle_seconds: float = Field(
+        1.0,
+        ge=0,
+        alias="orderSettleSeconds",
+        description=(
+            "A pod is granted no sooner than this after its requested-at, so a pod stamped a moment "
+            "earlier but persisted a moment later (concurrent spawns) is never overtaken (I2)"
+        ),
+    )
 
 
 class Admission(_Model):
@@ -246,14 +259,23 @@ def default_config_text() -> str:
     return resources.files("webhook").joinpath("default-config.yaml").read_text()
 
 
+def _top_level_names() -> set[str]:
+    return {(f.alias or n).lower().replace("_", "") for n, f in Config.model_fields.items()}
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``GPU_QUEUE_A__B`` for every top-level field ``a``; other ``GPU_QUEUE_*`` variables (the
+    CLI's own, like ``GPU_QUEUE_API_URL`` or ``GPU_QUEUE_CONFIG``) are not configuration."""
     out: dict[str, Any] = {}
+    fields = _top_level_names()
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX):
             continue
         path = [p for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
+        if not path or path[0].lower().replace("_", "") not in fields:
             continue
+        if len(path) == 1 and path[0].lower().replace("_", "") in _SECTIONS:
+            continue  # e.g. GPU_QUEUE_API=... names a section, not a value
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
@@ -268,6 +290,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = child
         node[path[-1]] = value
     return out
+
+
+_SECTIONS = {"redis", "tls", "server", "api", "controller", "admission", "profiles", "pools", "podselector"}
 
 
 def _merge_env(data: dict[str, Any], overrides: dict[str, Any], fields: type[BaseModel] | None) -> None:

@@ -81,6 +81,7 @@ class QueueController:
         self.store_dirty = True
         self.last_rebuild = 0.0
         self.freed_at: dict[str, float] = {}  # pool -> monotonic time a slice was seen free
+        self.next_due = float("inf")  # monotonic time a settling head becomes grantable
         self.events: asyncio.Queue[tuple[PodView, str, str, str]] = asyncio.Queue(maxsize=10_000)
         self.pod_informer = Informer(
             kube,
@@ -223,7 +224,8 @@ class QueueController:
     def _next_wake(self) -> float:
         period = self.config.controller.reconcile_seconds
         if self.elector.is_leader():
-            return min(period, self.config.controller.event_min_interval_seconds or period, 5.0)
+            due, self.next_due = self.next_due - time.monotonic(), float("inf")
+            return max(0.01, min(period, self.config.controller.event_min_interval_seconds or period, 5.0, due))
         return min(period, self.elector.retry)
 
     async def sync_once(self) -> None:
@@ -314,10 +316,17 @@ class QueueController:
     async def _grant(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
         if not pool_plan.grants:
             return
-        freed = self.freed_at.pop(name, time.monotonic())
+        freed = self.freed_at.get(name, time.monotonic())
+        settle = timedelta(seconds=self.config.controller.order_settle_seconds)
         for head in pool_plan.grants:
             if not self.elector.is_leader():
                 return
+            if head.requested_at is not None and now - head.requested_at < settle:
+                # Someone stamped just before may not be visible yet: wait, keep the order (I2).
+                due = (head.requested_at + settle - now).total_seconds()
+                self.next_due = min(self.next_due, time.monotonic() + due)
+                return
+            self.freed_at.pop(name, None)
             granted = await self._ungate(head, now)
             if granted is None:
                 continue

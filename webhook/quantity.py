@@ -6,6 +6,7 @@ server hands them back as canonical strings (``"4"``, ``"8Gi"``); admission must
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -44,6 +45,12 @@ def parse_quantity(value: object) -> Decimal:
         return Decimal(repr(value))
     if not isinstance(value, str):
         raise QuantityError(f"not a quantity: {value!r}")
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(value: str) -> Decimal:
+    """Strings only (``1``, ``1.0`` and ``True`` hash alike): a pod carries the same few values."""
     match = _QUANTITY.match(value.strip())
     if match is None:
         raise QuantityError(f"not a quantity: {value!r}")

@@ -94,25 +94,25 @@ async def pod_manifest(
 
     # Building a manifest talks to no API server; skip KubeSpawner's kubeconfig loading.
     with mock.patch("kubespawner.spawner.load_config"), mock.patch("kubespawner.spawner.shared_client"):
-        spawner = _new_spawner(KubeSpawner, user, namespace, profile)
-    spawner.orm_spawner = _OrmSpawner(server)
-    spawner.api_token = "test-token"  # noqa: S105 - a fake token for a pod that never runs
-    spawner.pod_name = spawner._expand_user_properties(spawner.pod_name_template)
-    if profile is not None:
-        spawner.user_options = {"profile": profile}
-        await spawner.load_user_options()
+        spawner = await new_spawner(KubeSpawner, user, profile, server, namespace)
     for key, value in (extra or {}).items():
         setattr(spawner, key, value)
     pod = await spawner.get_pod_manifest()
-    data: dict[str, Any] = ApiClient().sanitize_for_serialization(pod)
+    async with ApiClient() as client:
+        data: dict[str, Any] = client.sanitize_for_serialization(pod)
     data.setdefault("apiVersion", "v1")
     data.setdefault("kind", "Pod")
     data["metadata"].setdefault("namespace", namespace)
     return data
 
 
-def _new_spawner(cls: Any, user: str, namespace: str, profile: str | None) -> Any:
-    return cls(
+async def new_spawner(
+    cls: Any, user: str, profile: str | None, server: str = "", namespace: str = "jhub", **traits: Any
+) -> Any:
+    """A KubeSpawner (or subclass) for ``user``'s ``server`` with ``profile`` loaded, as the hub
+    makes one: the seed profileList, the chart's labels. It talks to whatever API server the
+    kubeconfig (``KUBECONFIG``) names when started."""
+    spawner = cls(
         _mock=True,
         user=_User(user),
         hub=_Hub(),
@@ -121,4 +121,12 @@ def _new_spawner(cls: Any, user: str, namespace: str, profile: str | None) -> An
         extra_labels=dict(CHART_LABELS),
         image="quay.io/jupyter/scipy-notebook:2025-01-01",
         cmd=["jupyterhub-singleuser"],
+        **traits,
     )
+    spawner.orm_spawner = _OrmSpawner(server)
+    spawner.api_token = "test-token"  # noqa: S105 - a fake token for a pod that never runs
+    spawner.pod_name = spawner._expand_user_properties(spawner.pod_name_template)
+    if profile is not None:
+        spawner.user_options = {"profile": profile}
+        await spawner.load_user_options()
+    return spawner

@@ -369,7 +369,7 @@ def test_dev_up_names_missing_tools(tmp_path: Path) -> None:
 
 
 def test_stop_is_idempotent_and_signals_groups(tmp_path: Path) -> None:
-    """A second stop finds nothing to do; kill_service with SIGTERM is a clean stop."""
+    """stop() SIGTERMs the process group and reaps the child; a second stop finds nothing to do."""
     from webhook.devcluster.procs import ManagedProcess
 
     proc = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "s.log")

@@ -618,6 +618,8 @@ class DevCluster:
             "etcd": st.etcd_url,
             "kube-apiserver": st.apiserver_url,
             "redis": st.redis_url,
+            "kube-scheduler": f"https://127.0.0.1:{self._ports['scheduler']}" if self._ports else "",
+            "kwok": f"http://127.0.0.1:{self._ports['kwok']}" if self._ports else "",
             **{f"service-{s.index}": s.url for s in st.services},
         }
         st.processes = {

@@ -1,0 +1,111 @@
+"""The hub's view: a real KubeSpawner, pointed at the local API server, spawns a GPU server while
+the pool is full, and its ``progress()`` (what the spawn page shows) carries the queue position.
+
+Stock KubeSpawner shows it through the controller's pod Events; the optional
+``QueueAwareKubeSpawner`` also polls the queue API for live messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests import scenarios
+from tests.scenarios import Target
+from webhook.devcluster import DevCluster
+from webhook.kube import Kube, load_client
+from webhook.spawnerpods import new_spawner
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def target(clean_cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
+    # KubeSpawner reads the default kubeconfig, as a hub outside the cluster would. (The client
+    # library reads KUBECONFIG once at import, so point its default at the dev cluster directly.)
+    import kubernetes_asyncio.config.kube_config as kube_config
+    from kubespawner.clients import load_config
+
+    monkeypatch.setenv("KUBECONFIG", str(clean_cluster.kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(clean_cluster.kubeconfig))
+
+    load_config.cache_clear()
+    kube = Kube(await load_client(clean_cluster.kubeconfig))
+    try:
+        yield Target(
+            kube=kube,
+            namespace=clean_cluster.hub_namespace,
+            gpu_node=clean_cluster.gpu_node,
+            api_url=clean_cluster.api_url(0),
+            read_token=clean_cluster.read_token,
+            ca_file=str(clean_cluster.ca_file),
+            set_slices=clean_cluster.set_gpu_slices,
+            slices=clean_cluster.slices,
+        )
+    finally:
+        await kube.aclose()
+        load_config.cache_clear()
+        # KubeSpawner shares its pod/event reflectors per class; each test has its own event loop.
+        from kubespawner import KubeSpawner
+
+        for reflector in list(KubeSpawner.reflectors.values()):
+            with contextlib.suppress(Exception):
+                await reflector.stop()
+        KubeSpawner.reflectors.clear()
+
+
+async def _progress_until(spawner: Any, needle: str, within: float) -> list[str]:
+    """Start the spawner and read its progress until a message contains ``needle``."""
+    start = asyncio.ensure_future(spawner.start())
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                async for event in spawner.progress():
+                    message = str(event.get("message", ""))
+                    if message not in seen:
+                        seen.append(message)
+                    if needle in message:
+                        return seen
+                await asyncio.sleep(0.2)  # progress() ended (pod not there yet): KubeSpawner restarts it too
+    except TimeoutError:
+        raise AssertionError(f"progress() never said {needle!r} within {within}s; it said {seen}") from None
+    finally:
+        start.cancel()
+        with contextlib.suppress(BaseException):
+            await start
+        with contextlib.suppress(Exception):
+            await spawner.stop(now=True)
+
+
+async def test_stock_kubespawner_progress_shows_the_queue_position(target: Target) -> None:
+    from kubespawner import KubeSpawner
+
+    await scenarios.fill_pool(target, target.slices)
+    spawner = await new_spawner(KubeSpawner, "stock.user", "gpu-enabled", namespace=target.namespace, start_timeout=600)
+    seen = await _progress_until(spawner, "Waiting for a GPU slice: position 1 of 1", 60)
+    print(f"[hub view] stock KubeSpawner progress: {seen}")
+
+
+async def test_queue_aware_spawner_progress_polls_live_positions(target: Target) -> None:
+    from webhook.hub import QueueAwareKubeSpawner
+
+    await scenarios.fill_pool(target, target.slices)
+    await target.spawn("ahead")  # someone is already waiting: our user is number 2
+    spawner = await new_spawner(
+        QueueAwareKubeSpawner,
+        "aware@example.org",
+        "gpu-enabled",
+        namespace=target.namespace,
+        queue_api_url=target.api_url,
+        queue_api_token=target.read_token,
+        queue_ca_file=target.ca_file,
+    )
+    assert os.environ["KUBECONFIG"]
+    seen = await _progress_until(spawner, "position 2 of 2", 60)
+    print(f"[hub view] queue-aware progress: {seen}")
