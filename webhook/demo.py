@@ -318,9 +318,9 @@ class Story:
                 await step()
             except StoryFailed as exc:
                 self.fail(self._current, str(exc))
-                raise
-            finally:
                 await self.snapshot()
+                raise
+            await self.snapshot()
 
     async def fill_the_pool(self) -> None:
         c, n = self.cast, self.slices
@@ -708,18 +708,9 @@ def usage_after_keep(cluster: DevCluster) -> str:
 # ---------------------------------------------------------------------------------------- driver
 
 
-def _ignore_unclosed_sessions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """``pod_manifest`` builds a throwaway kubernetes ApiClient only to serialise the pod; its
-    never-used HTTP session is reported as unclosed when collected. That report is noise here."""
-    if context.get("message") == "Unclosed client session":
-        return
-    loop.default_exception_handler(context)
-
-
 async def _play(cluster: DevCluster, screen: Screen, pace: float, outcome: Outcome) -> None:
     """Start the cluster, play the story, fill ``outcome``; leaves stopping to the caller."""
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_ignore_unclosed_sessions)
     task = asyncio.current_task()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)  # SIGTERM tears down like Ctrl-C

@@ -61,9 +61,14 @@ def test_bad_file_fails_with_a_message_naming_the_field(tmp_path: Path, text: st
     assert field in str(caught.value)
 
 
-def test_config_check_prints_the_effective_config_or_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_prints_the_effective_config_or_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text("pools: {gpu: {capacity: 16}}\n" + (Path(__file__).parents[2] / "webhook/default-config.yaml").read_text().split("pools:")[0])
+    good.write_text(
+        "pools: {gpu: {capacity: 16}}\n"
+        + (Path(__file__).parents[2] / "webhook/default-config.yaml").read_text().split("pools:")[0]
+    )
     assert main(["config", "check", str(good)]) == 0
     assert "capacity: 16" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
