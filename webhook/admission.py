@@ -234,8 +234,12 @@ def _env_patch(container: dict[str, Any], index: int, profile: Profile) -> Patch
     if not isinstance(env, list):
         return [{"op": "add", "path": base, "value": [{"name": k, "value": v} for k, v in desired.items()]}]
     patch: Patch = []
+    positions: dict[str, int] = {}
+    for j, item in enumerate(env):
+        if isinstance(item, dict) and item.get("name") in desired:
+            positions.setdefault(str(item["name"]), j)
     for name, value in desired.items():
-        position = next((j for j, e in enumerate(env) if isinstance(e, dict) and e.get("name") == name), None)
+        position = positions.get(name)
         if position is None:
             patch.append({"op": "add", "path": f"{base}/-", "value": {"name": name, "value": value}})
         elif env[position] != {"name": name, "value": value}:

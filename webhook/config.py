@@ -249,6 +249,11 @@ class Config(_Model):
         return f"{self.prefix}/admitted-at"
 
     @property
+    def removed_annotation(self) -> str:
+        """Set by an admin's ``queue rm`` just before the delete: the place is not kept."""
+        return f"{self.prefix}/removed"
+
+    @property
     def pool_resources(self) -> frozenset[str]:
         """Every resource that some pool queues: only pool profiles may request them."""
         return frozenset(pool.resource for pool in self.pools.values())

@@ -153,6 +153,14 @@ class QueueController:
         return f"{namespace}/{name}" in self.pods
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod an admin removed; mark it first, so its place is not kept (I5 is for users)."""
+        marker = f"/metadata/annotations/{escape(self.config.removed_annotation)}"
+        try:
+            await self.kube.patch_json(pod_path(namespace, name), [{"op": "add", "path": marker, "value": "admin"}])
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            log.warning("could not mark the pod as removed", extra={"ctx": {"pod": f"{namespace}/{name}", "error": str(exc)}})
         try:
             await self.kube.delete(pod_path(namespace, name))
         except KubeError as exc:
@@ -268,8 +276,9 @@ class QueueController:
             if old.gated:
                 self.indexed.discard(old.key)
                 store = self.store
+                keep = 0 if old.removed else pool.keep_place_seconds
                 if store is not None:
-                    await self._store("remove", store.remove(old.pool, old.key, pool.keep_place_seconds))
+                    await self._store("remove", store.remove(old.pool, old.key, keep))
                 log.info(
                     "queued pod left",
                     extra={"ctx": {"pod": old.key, "user": old.user, "keep_place": pool.keep_place_seconds}},

@@ -409,6 +409,7 @@ class Story:
     async def logout_and_grant(self) -> None:
         c = self.cast
         leaver, ninth = self.pod_of[c.leaver], self.pod_of[c.ninth]
+        await self.past_settle_window(ninth)
         self.say(f"4. {c.leaver} logs out: the hub deletes pod {leaver}")
         left = time.monotonic()
         await self.logout(c.leaver)
@@ -445,6 +446,22 @@ class Story:
         self.say(f"   {c.ninth}'s spawn page goes on:")
         self.show_events(events)
         self.passed("granted-event", "")
+
+    async def past_settle_window(self, name: str) -> None:
+        """Wait until ``name`` has been queued longer than the controller's order-settle window.
+
+        A pod is never granted within that window of its arrival (so a concurrent spawn stamped a
+        moment earlier is not overtaken, I2); with ``--pace 0`` the logout could come inside it,
+        and the measured latency would be the window, not the grant path.
+        """
+        settle = self.config.controller.order_settle_seconds
+
+        async def settled() -> bool:
+            pod = await self.pod(name)
+            since = _stamp(_meta(pod, "annotations").get(self.config.requested_at_annotation)) if pod else None
+            return since is not None and (datetime.now(UTC) - since).total_seconds() > settle
+
+        await self.wait_for(settled, settle + API_SECONDS, f"{name} to be queued for over {settle:g}s")
 
     async def final_state(self) -> None:
         n = self.slices

@@ -39,6 +39,7 @@ class PodView:
     phase: str = "Pending"
     ready: bool = False
     deleting: bool = False
+    removed: bool = False  # an admin took it out of the queue (`queue rm`): no kept place
     created_at: datetime | None = None
     # The amount of each pool resource the pod asks for (for usage by pods that are not ours).
     resources: Mapping[str, Decimal] = field(default_factory=dict)
@@ -119,6 +120,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         phase=str(status.get("phase") or "Pending"),
         ready=ready,
         deleting=meta.get("deletionTimestamp") is not None,
+        removed=config.removed_annotation in annotations,
         created_at=_parse_time(meta.get("creationTimestamp")),
         resources=resources,
     )

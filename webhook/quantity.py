@@ -39,13 +39,17 @@ def parse_quantity(value: object) -> Decimal:
     """Return the quantity as an exact decimal number of base units (cores, bytes, devices)."""
     if isinstance(value, bool):
         raise QuantityError(f"not a quantity: {value!r}")
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
+    if isinstance(value, int | float):
+        return _parse_number(value)
     if not isinstance(value, str):
         raise QuantityError(f"not a quantity: {value!r}")
     return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_number(value: float) -> Decimal:
+    """Numbers as KubeSpawner writes them (``4.0``, ``8589934592``); 4 and 4.0 share an entry, same amount."""
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(value))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -151,3 +151,52 @@ async def _leader_index(target: Target) -> int:
         return int(identity.rsplit("-", 1)[1]) + 1 if identity.startswith("gpu-queue-") else None
 
     return await wait_for(holder, 20, "a leader") - 1
+
+
+async def _admin(target: Target, cluster: DevCluster, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    import ssl
+
+    import aiohttp
+
+    context = ssl.create_default_context(cafile=target.ca_file)
+    headers = {"Authorization": f"Bearer {cluster.admin_token}", "X-Gpu-Queue-Actor": "test-admin"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.request(method, f"{target.api_url}/api/v1{path}", json=body, headers=headers, ssl=context) as response,
+    ):
+        data: dict[str, Any] = await response.json()
+        assert response.status == 200, (response.status, data)
+        return data
+
+
+async def test_admin_move_survives_a_redis_wipe_and_admin_rm_keeps_no_place(
+    target: Target, clean_cluster: DevCluster
+) -> None:
+    await scenarios.fill_pool(target, target.slices)
+    qa, qb, qc = [(await target.spawn(u))["metadata"]["name"] for u in ("ma", "mb", "mc")]
+    await wait_for(lambda: scenarios._queued_at(target, qc, 3), 15, "mc at position 3")
+
+    await _admin(
+        target,
+        clean_cluster,
+        "POST",
+        f"/pools/gpu/queue/{target.namespace}/{qc}/move",
+        {"position": 1, "reason": "demo day"},
+    )
+    await wait_for(lambda: scenarios._queued_at(target, qc, 1), 15, "mc moved to position 1")
+    # The pods are the truth: after Redis loses everything, the rebuilt order still has mc first.
+    await clean_cluster.redis_flush()
+    await wait_for(lambda: scenarios._queued_at(target, qc, 1), 15, "mc still first after the index is rebuilt")
+    await wait_for(lambda: scenarios._queued_at(target, qa, 2), 15, "ma second")
+
+    await _admin(target, clean_cluster, "DELETE", f"/pools/gpu/queue/{target.namespace}/{qa}?reason=duplicate")
+    await wait_for(lambda: _gone(target, qa), 15, "ma's pod to be deleted")
+    await wait_for(lambda: scenarios._queued_at(target, qb, 2), 15, "mb moves up to 2")
+    back = (await target.spawn("ma"))["metadata"]["name"]
+    await wait_for(
+        lambda: scenarios._queued_at(target, back, 3), 15, "ma back at the end: an admin removal keeps no place"
+    )
+
+
+async def _gone(target: Target, name: str) -> bool:
+    return await target.pod(name) is None
