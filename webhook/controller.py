@@ -160,7 +160,9 @@ class QueueController:
         except KubeError as exc:
             if exc.status == 404:
                 return False
-            log.warning("could not mark the pod as removed", extra={"ctx": {"pod": f"{namespace}/{name}", "error": str(exc)}})
+            log.warning(
+                "could not mark the pod as removed", extra={"ctx": {"pod": f"{namespace}/{name}", "error": str(exc)}}
+            )
         try:
             await self.kube.delete(pod_path(namespace, name))
         except KubeError as exc:
