@@ -20,6 +20,7 @@ import signal
 import ssl
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -868,14 +869,18 @@ def run_demo(args: argparse.Namespace) -> int:
         interrupted = 130
     except asyncio.CancelledError:
         interrupted = 143  # SIGTERM
+    except Exception as exc:  # a bug or an unexpected answer: still tear down, and show where
+        screen.freeze()
+        traceback.print_exc()
+        outcome.failure = f"unexpected error: {exc.__class__.__name__}: {exc}"
+        outcome.started = False
     screen.freeze()
     if interrupted:
         screen.say("interrupted: stopping the dev cluster")
         _teardown(cluster, screen.say)
         return interrupted
     if not outcome.started:
-        screen.say(f"gpu-queue demo: {outcome.failure}")
-        screen.say(f"logs: {cluster.logs}")
+        print(f"gpu-queue demo: {outcome.failure}", file=sys.stderr, flush=True)
         _teardown(cluster, screen.say)
         return 1
     screen.say(render_summary(outcome, cast_for(cluster.state.slices), cluster.state.slices))
