@@ -109,4 +109,5 @@ async def test_helm_install_is_accepted_and_webhooks_point_at_the_release(instal
     operations = {op for w in vhooks for rule in w["rules"] for op in rule["operations"]}
     assert operations == {"CREATE", "UPDATE"}
     deployment = await _get(installed, f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
-    assert [d["spec"]["replicas"] for d in deployment["items"] if d["metadata"]["name"].startswith(RELEASE)][0] == 2
+    replicas = next(d["spec"]["replicas"] for d in deployment["items"] if d["metadata"]["name"].startswith(RELEASE))
+    assert replicas == 2
