@@ -15,15 +15,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
+from tests.helpers.cluster import wait_for
 from webhook.kube import Kube, KubeError, pod_path
 from webhook.spawnerpods import pod_manifest
 from webhook.state import parse_requested_at
 
-T = TypeVar("T")
 GATE = "gpu-queue.io/slice"
 REQUESTED_AT = "gpu-queue.io/requested-at"
 ADMITTED_AT = "gpu-queue.io/admitted-at"
@@ -118,25 +118,6 @@ def admitted_at(pod: dict[str, Any]) -> datetime | None:
 
 def running(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") == "Running"
-
-
-async def wait_for(check: Callable[[], Awaitable[T | None]], within: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds naming ``what``."""
-    deadline = time.monotonic() + within
-    last: BaseException | None = None
-    while True:
-        try:
-            value = await check()
-        except (KubeError, aiohttp.ClientError, OSError, AssertionError) as exc:
-            last = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {within:.0f}s waiting for {what}" + (f" (last: {last!r})" if last else "")
-            )
-        await asyncio.sleep(interval)
 
 
 async def holders_and_queue(target: Target) -> tuple[list[str], list[str]]:

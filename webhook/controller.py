@@ -349,16 +349,7 @@ class QueueController:
             self.posted.pop(head.key, None)
             store = self.store
             if store is not None:
-                holder = Holder(
-                    namespace=head.namespace,
-                    name=head.name,
-                    user=head.user,
-                    server=head.server,
-                    requested_at=head.requested_at,
-                    granted_at=now,
-                    node=granted.node,
-                    uid=head.uid,
-                )
+                holder = _holder(replace(head, granted_at=now, node=granted.node))
                 await self._store("grant", store.grant(name, holder.key, holder))
             log.info(
                 "slice granted",

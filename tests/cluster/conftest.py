@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cluster import cluster_session, reset_cluster
+from tests.scenarios import Target
 from webhook.devcluster import DevCluster
+from webhook.kube import Kube, load_client
 
 _HERE = Path(__file__).resolve().parent
 
@@ -38,3 +40,22 @@ async def clean_cluster(dev_cluster: DevCluster) -> AsyncIterator[DevCluster]:
     Redis, every process running, the original slice count and webhook target."""
     await reset_cluster(dev_cluster)
     yield dev_cluster
+
+
+@pytest.fixture
+async def target(clean_cluster: DevCluster) -> AsyncIterator[Target]:
+    """The scenarios' view of the clean dev cluster: an admin client, the hub namespace, the API."""
+    kube = Kube(await load_client(clean_cluster.kubeconfig))
+    try:
+        yield Target(
+            kube=kube,
+            namespace=clean_cluster.hub_namespace,
+            gpu_node=clean_cluster.gpu_node,
+            api_url=clean_cluster.api_url(0),
+            read_token=clean_cluster.read_token,
+            ca_file=str(clean_cluster.ca_file),
+            set_slices=clean_cluster.set_gpu_slices,
+            slices=clean_cluster.slices,
+        )
+    finally:
+        await kube.aclose()

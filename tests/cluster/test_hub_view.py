@@ -18,41 +18,31 @@ import pytest
 from tests import scenarios
 from tests.scenarios import Target
 from webhook.devcluster import DevCluster
-from webhook.kube import Kube, load_client
 from webhook.spawnerpods import new_spawner
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-async def target(clean_cluster: DevCluster, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
-    # KubeSpawner reads the default kubeconfig, as a hub outside the cluster would. (The client
-    # library reads KUBECONFIG once at import, so point its default at the dev cluster directly.)
+async def hub_target(
+    target: Target, clean_cluster: DevCluster, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Target]:
+    """``target``, with KubeSpawner pointed at the dev cluster as a hub outside the cluster would be.
+
+    The client library reads KUBECONFIG once at import, so its default path is pointed directly.
+    """
     import kubernetes_asyncio.config.kube_config as kube_config
+    from kubespawner import KubeSpawner
     from kubespawner.clients import load_config
 
     monkeypatch.setenv("KUBECONFIG", str(clean_cluster.kubeconfig))
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(clean_cluster.kubeconfig))
-
     load_config.cache_clear()
-    kube = Kube(await load_client(clean_cluster.kubeconfig))
     try:
-        yield Target(
-            kube=kube,
-            namespace=clean_cluster.hub_namespace,
-            gpu_node=clean_cluster.gpu_node,
-            api_url=clean_cluster.api_url(0),
-            read_token=clean_cluster.read_token,
-            ca_file=str(clean_cluster.ca_file),
-            set_slices=clean_cluster.set_gpu_slices,
-            slices=clean_cluster.slices,
-        )
+        yield target
     finally:
-        await kube.aclose()
         load_config.cache_clear()
         # KubeSpawner shares its pod/event reflectors per class; each test has its own event loop.
-        from kubespawner import KubeSpawner
-
         for reflector in list(KubeSpawner.reflectors.values()):
             with contextlib.suppress(Exception):
                 await reflector.stop()
@@ -83,7 +73,8 @@ async def _progress_until(spawner: Any, needle: str, within: float) -> list[str]
             await spawner.stop(now=True)
 
 
-async def test_stock_kubespawner_progress_shows_the_queue_position(target: Target) -> None:
+async def test_stock_kubespawner_progress_shows_the_queue_position(hub_target: Target) -> None:
+    target = hub_target
     from kubespawner import KubeSpawner
 
     await scenarios.fill_pool(target, target.slices)
@@ -92,7 +83,8 @@ async def test_stock_kubespawner_progress_shows_the_queue_position(target: Targe
     print(f"[hub view] stock KubeSpawner progress: {seen}")
 
 
-async def test_queue_aware_spawner_progress_polls_live_positions(target: Target) -> None:
+async def test_queue_aware_spawner_progress_polls_live_positions(hub_target: Target) -> None:
+    target = hub_target
     from webhook.hub import QueueAwareKubeSpawner
 
     await scenarios.fill_pool(target, target.slices)

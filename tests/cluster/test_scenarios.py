@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,27 +13,9 @@ import pytest
 from tests import scenarios
 from tests.scenarios import Target, gated, holders_and_queue, wait_for
 from webhook.devcluster import DevCluster
-from webhook.kube import Kube, KubeError, load_client
+from webhook.kube import KubeError
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-async def target(clean_cluster: DevCluster) -> AsyncIterator[Target]:
-    kube = Kube(await load_client(clean_cluster.kubeconfig))
-    try:
-        yield Target(
-            kube=kube,
-            namespace=clean_cluster.hub_namespace,
-            gpu_node=clean_cluster.gpu_node,
-            api_url=clean_cluster.api_url(0),
-            read_token=clean_cluster.read_token,
-            ca_file=str(clean_cluster.ca_file),
-            set_slices=clean_cluster.set_gpu_slices,
-            slices=clean_cluster.slices,
-        )
-    finally:
-        await kube.aclose()
 
 
 def report(name: str, data: Any) -> None:
