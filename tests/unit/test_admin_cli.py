@@ -300,6 +300,14 @@ def served() -> Iterator[Served]:
 
 
 @pytest.fixture(autouse=True)
+def _now() -> None:
+    """The server's clock is NOW and the CLI reads the wall clock: keep them a moment apart, not
+    the minutes between collecting this module and running a test late in a long session."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
 def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GPU_QUEUE_TOKEN", "GPU_QUEUE_API_URL", "GPU_QUEUE_CA"):
         monkeypatch.delenv(name, raising=False)
