@@ -566,6 +566,17 @@ async def lease_holder(kube: Kube) -> int | None:
     return int(identity.rsplit("-", 1)[1]) if identity.startswith("gpu-queue-") else None
 
 
+async def current_leader(kube: Kube, within: float = 20.0) -> int:
+    """The index of the replica holding the leader Lease, waiting for one to hold it."""
+
+    async def holder() -> tuple[int] | None:
+        index = await lease_holder(kube)
+        return (index,) if index is not None else None
+
+    found: tuple[int] = await wait_until(holder, within, "a replica to hold the leader Lease")
+    return found[0]
+
+
 async def http_text(url: str, ssl_context: ssl.SSLContext | None = None) -> str:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
