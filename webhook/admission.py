@@ -396,7 +396,14 @@ def _check_update(old: dict[str, Any], new: dict[str, Any], username: str, confi
             "queue); admins reorder with `gpu-queue queue move`"
         )
     old_annotations, new_annotations = annotations_of(old), annotations_of(new)
-    for key in (config.requested_at_annotation, config.pool_annotation, config.admitted_at_annotation):
+    protected = (
+        config.requested_at_annotation,
+        config.pool_annotation,
+        config.admitted_at_annotation,
+        config.released_annotation,
+        config.removed_annotation,
+    )
+    for key in protected:
         if old_annotations.get(key) != new_annotations.get(key):
             return (
                 f"gpu-queue: only gpu-queue may change the {key} annotation (it decides the queue order); "

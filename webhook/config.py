@@ -254,6 +254,11 @@ class Config(_Model):
         return f"{self.prefix}/removed"
 
     @property
+    def released_annotation(self) -> str:
+        """Set on a stuck head (I7) whose slice was released: it no longer counts as in use."""
+        return f"{self.prefix}/released"
+
+    @property
     def pool_resources(self) -> frozenset[str]:
         """Every resource that some pool queues: only pool profiles may request them."""
         return frozenset(pool.resource for pool in self.pools.values())

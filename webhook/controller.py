@@ -454,8 +454,24 @@ class QueueController:
             log.warning("stuck admission", extra={"ctx": {"pool": name, "pod": holder.key, "action": action}})
             await self._event(holder, "StuckAdmission", message, kind="Warning")
             if pool.stuck_policy is StuckPolicy.RELEASE:
-                with contextlib.suppress(KubeError):
-                    await self.delete_pod(holder.namespace, holder.name)
+                await self._release_stuck(holder)
+
+    async def _release_stuck(self, holder: PodView) -> None:
+        """Mark the pod released (it stops counting as in use, even for a future leader), then
+        delete it. On a node that is gone the delete may hang; the slice is given on regardless."""
+        marker = f"/metadata/annotations/{escape(self.config.released_annotation)}"
+        try:
+            await self.kube.patch_json(
+                pod_path(holder.namespace, holder.name), [{"op": "add", "path": marker, "value": "stuck"}]
+            )
+        except KubeError as exc:
+            log.warning("could not mark a stuck pod released", extra={"ctx": {"pod": holder.key, "error": str(exc)}})
+            return
+        self.pods[holder.key] = replace(holder, released=True)
+        self.freed_at.setdefault(holder.pool or "", time.monotonic())
+        self._changed()
+        with contextlib.suppress(KubeError):
+            await self.kube.delete(pod_path(holder.namespace, holder.name))
 
     async def _rebuild(self, plans: dict[str, PoolPlan]) -> None:
         store = self.store

@@ -40,6 +40,7 @@ class PodView:
     ready: bool = False
     deleting: bool = False
     removed: bool = False  # an admin took it out of the queue (`queue rm`): no kept place
+    released: bool = False  # a stuck head whose slice was given to the next user (I7)
     created_at: datetime | None = None
     # The amount of each pool resource the pod asks for (for usage by pods that are not ours).
     resources: Mapping[str, Decimal] = field(default_factory=dict)
@@ -59,8 +60,10 @@ class PodView:
 
     @property
     def holding(self) -> bool:
-        """Holding a slice of its pool: ungated and not finished (a terminating pod still holds it)."""
-        return self.pool is not None and not self.gated and not self.finished
+        """Holding a slice of its pool: ungated, not finished, not released as stuck (I7).
+
+        A terminating pod still holds its slice until it is gone."""
+        return self.pool is not None and not self.gated and not self.finished and not self.released
 
     @property
     def order(self) -> tuple[float, str]:
@@ -121,6 +124,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         ready=ready,
         deleting=meta.get("deletionTimestamp") is not None,
         removed=config.removed_annotation in annotations,
+        released=config.released_annotation in annotations,
         created_at=_parse_time(meta.get("creationTimestamp")),
         resources=resources,
     )

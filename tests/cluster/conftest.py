@@ -18,6 +18,7 @@ from webhook.devcluster import DevCluster
 from webhook.kube import Kube, load_client
 
 _HERE = Path(__file__).resolve().parent
+STUCK_AFTER_SECONDS = 12
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -30,7 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """The session's dev cluster: 2 replicas, 8 slices, webhooks on replica 0."""
-    with cluster_session(tmp_path_factory.mktemp("devcluster")) as cluster:
+    # kwok readies a pod within a second, so a short admit timeout only bites the stuck-head test.
+    overrides = {"pools": {"gpu": {"admitTimeoutSeconds": STUCK_AFTER_SECONDS}}}
+    with cluster_session(tmp_path_factory.mktemp("devcluster"), config_overrides=overrides) as cluster:
         yield cluster
 
 

@@ -181,3 +181,41 @@ async def test_admin_move_survives_a_redis_wipe_and_admin_rm_keeps_no_place(
 
 async def _gone(target: Target, name: str) -> bool:
     return await target.pod(name) is None
+
+
+async def test_stuck_head_loses_its_slice_and_the_next_user_goes(target: Target, clean_cluster: DevCluster) -> None:
+    """I7: a granted pod that never becomes Ready (here: bound to a GPU node no kubelet runs) is
+    reported, marked released and deleted, and the next user gets the slice."""
+    from tests.cluster.conftest import STUCK_AFTER_SECONDS
+
+    dead = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": "dead-gpu",
+            "labels": {"nvidia.com/gpu.present": "true", "kubernetes.io/hostname": "dead-gpu"},
+        },
+        "status": {
+            "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1"},
+            "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1"},
+        },
+    }
+    await target.set_slices(0)
+    await target.kube.request("POST", "/api/v1/nodes", body=dead)
+    try:
+        first = (await target.spawn("stuck-first"))["metadata"]["name"]
+        await wait_for(lambda: _holding(target, first), 15, "the first user to be granted the only slice")
+        second = (await target.spawn("stuck-second"))["metadata"]["name"]
+        await wait_for(lambda: scenarios._queued_at(target, second, 1), 15, "the second user queued at 1")
+
+        async def reported() -> list[str] | None:
+            events = await target.events(first)
+            return events if any("not ready: releasing it" in e for e in events) else None
+
+        events = await wait_for(reported, STUCK_AFTER_SECONDS + 20, "the StuckAdmission Event")
+        await wait_for(lambda: _holding(target, second), 15, "the next user to get the released slice")
+        pod = await target.pod(first)
+        assert pod is None or "gpu-queue.io/released" in pod["metadata"]["annotations"]
+        report("stuck head", events[-1])
+    finally:
+        await target.kube.request("DELETE", "/api/v1/nodes/dead-gpu")
