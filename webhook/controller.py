@@ -253,7 +253,8 @@ class QueueController:
             await self._check_stuck(name, pool_plan, now)
             self._export(name, pool_plan)
         if self.store_dirty or time.monotonic() - self.last_rebuild >= self.config.controller.reconcile_seconds:
-            await self._rebuild(plans)
+            with metrics.RECONCILE_DURATION.time():
+                await self._rebuild(plans)
 
     async def _store(self, op: str, call: Awaitable[T]) -> T | None:
         """A store call that degrades: on an outage, log, mark the index for a rebuild, go on."""
