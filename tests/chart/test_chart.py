@@ -650,3 +650,17 @@ _KEY = re.compile(r"^\s*([A-Za-z][\w./-]*):(.*)$")
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
+
+
+def test_extra_dns_names_reach_both_certificate_modes() -> None:
+    """A port-forward to localhost can verify the serving certificate when the admin asks for it."""
+    objects = render_chart({"certs": {"extraDnsNames": ["localhost", "queue.example.org"]}})
+    jobs = [o for o in find(objects, "Job") if "certs" in o["spec"]["template"]["spec"]["containers"][0]["args"]]
+    assert jobs
+    for job in jobs:
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        parsed = build_parser().parse_args(args)
+        assert parsed.dns == ["localhost", "queue.example.org"]
+    cert_manager = render_chart({"certs": {"mode": "certManager", "extraDnsNames": ["localhost"]}})
+    served = [o for o in find(cert_manager, "Certificate") if "localhost" in o["spec"].get("dnsNames", [])]
+    assert len(served) == 1

@@ -60,6 +60,7 @@ helm upgrade --install gpu-queue charts/gpu-queue --namespace "$namespace" --cre
   --set "hubNamespaces={$hub}" \
   --set "api.readTokens={$read_token}" --set "api.adminTokens={$admin_token}" \
   --set redis.builtin.persistence.enabled=false \
+  --set "certs.extraDnsNames={localhost}" \
   --wait --timeout 5m
 
 say "port-forwarding the queue API"
