@@ -211,7 +211,7 @@ class QueueController:
                 continue
             if not leading:
                 # A new leader trusts no cache another leader's writes may have outdated.
-                await self.pod_informer.list()
+                await self.pod_informer.resync()
                 self.store_dirty = True
                 self.posted.clear()
                 leading = True

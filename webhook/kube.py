@@ -176,7 +176,8 @@ class Informer:
         self.field_selector = field_selector
         self.watch_seconds = watch_seconds
         self.synced = asyncio.Event()
-        self.resync_requested = False
+        self._resync = False
+        self._watch_task: asyncio.Task[str] | None = None
 
     def _query(self) -> dict[str, str | int | bool]:
         query: dict[str, str | int | bool] = {}
@@ -205,16 +206,34 @@ class Informer:
         self.synced.set()
         return version
 
+    async def resync(self) -> None:
+        """List again now (in this informer's own task, so no older watch event can follow the
+        new list) and return once that list is in the cache."""
+        self.synced.clear()
+        self._resync = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        await self.synced.wait()
+
     async def run(self) -> None:
-        """Forever: list, watch, re-list when the watch expires or fails."""
+        """Forever: list, watch, re-list when the watch expires or fails or a resync is asked."""
         backoff = 0.5
         while True:
             try:
+                self._resync = False
                 version = await self.list()
                 backoff = 0.5
-                self.resync_requested = False
-                while not self.resync_requested:
-                    version = await self._watch(version)
+                while not self._resync:
+                    self._watch_task = asyncio.create_task(self._watch(version))
+                    try:
+                        version = await self._watch_task
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if self._resync and current is not None and not current.cancelling():
+                            break  # only the watch was cancelled, by resync(): list again
+                        raise
+                    finally:
+                        self._watch_task = None
             except asyncio.CancelledError:
                 raise
             except _Gone:
