@@ -85,6 +85,16 @@ def outcome(response: AdmissionReview) -> str:
     return "patched" if r.patch else "allowed"
 
 
+def notebook_index(containers: list[dict[str, Any]], config: Config) -> int | None:
+    """The container a profile applies to: the one named ``containerName``, else the only one.
+
+    Mutation and validation share this rule, so a pod mutation accepted is never denied later."""
+    index = next((i for i, c in enumerate(containers) if c.get("name") == config.container_name), None)
+    if index is None and len(containers) == 1:
+        return 0
+    return index
+
+
 def escape(key: str) -> str:
     """A JSON pointer token (RFC 6901): ``~`` -> ``~0``, ``/`` -> ``~1``."""
     return key.replace("~", "~0").replace("/", "~1")
@@ -113,10 +123,10 @@ def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionR
     containers = containers_of(pod)
     if not containers:
         return answer(req, allowed=False, message="gpu-queue: the pod has no containers, so no profile can be applied")
-    index = next((i for i, c in enumerate(containers) if c.get("name") == config.container_name), None)
+    index = notebook_index(containers, config)
     warnings: list[str] = []
-    if index is None:
-        if len(containers) != 1:
+    if index is None or containers[index].get("name") != config.container_name:
+        if index is None:
             names = ", ".join(str(c.get("name")) for c in containers)
             return answer(
                 req,
@@ -126,7 +136,6 @@ def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionR
                     "set containerName in gpu-queue's configuration to the notebook container's name"
                 ),
             )
-        index = 0
         warnings.append(f"gpu-queue: no container named {config.container_name!r}; applied the profile to the only one")
     if len(pod.get("spec", {}).get("containers", [])) != len(containers):
         return answer(req, allowed=False, message="gpu-queue: spec.containers holds an entry that is not an object")
@@ -250,8 +259,9 @@ def _env_patch(container: dict[str, Any], index: int, profile: Profile) -> Patch
     patch: Patch = []
     positions: dict[str, int] = {}
     for j, item in enumerate(env):
-        if isinstance(item, dict) and item.get("name") in desired:
-            positions.setdefault(str(item["name"]), j)
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name in desired:
+            positions.setdefault(name, j)
     for name, value in desired.items():
         position = positions.get(name)
         if position is None:
@@ -365,10 +375,13 @@ def _check_create(pod: dict[str, Any], config: Config) -> str:
             )
         return ""
     pool = config.pools[profile.pool]
+    containers = containers_of(pod)
+    index = notebook_index(containers, config)
+    notebook = str(containers[index].get("name")) if index is not None else config.container_name
     for container, resource, amount in users:
-        if container != config.container_name or resource != pool.resource:
+        if container != notebook or resource != pool.resource:
             return (
-                f"gpu-queue: only the {config.container_name!r} container may ask for {pool.resource} "
+                f"gpu-queue: only the {notebook!r} container may ask for {pool.resource} "
                 f"(container {container!r} asks for {amount} {resource}); remove it from extra_containers "
                 "or init_containers"
             )

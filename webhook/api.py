@@ -304,7 +304,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def _check_token(presented: str, tokens: _Tokens) -> Principal | None:
     """Compare against every token with hmac.compare_digest, never stopping early (constant time)."""
-    given = presented.encode()
+    given = presented.encode("utf-8", "surrogateescape")  # a header that is not UTF-8 is just wrong
     admin_hit = -1
     read_hit = -1
     for i, token in enumerate(tokens.admin):

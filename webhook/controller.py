@@ -413,6 +413,7 @@ class QueueController:
         interval = self.config.controller.event_min_interval_seconds
         clock = time.monotonic()
         length = len(pool_plan.queue)
+        holders = [_holder(h) for h in pool_plan.holders]
         todo: list[tuple[PodView, str]] = []
         for index, view in enumerate(pool_plan.queue):
             position = index + 1
@@ -422,7 +423,7 @@ class QueueController:
             eta = estimate(
                 position=position,
                 capacity=pool_plan.capacity,
-                holders=[_holder(h) for h in pool_plan.holders],
+                holders=holders,
                 release_times=release_times,
                 cull_timeout_seconds=pool.cull_timeout_seconds,
                 now=now,

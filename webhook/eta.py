@@ -28,7 +28,6 @@ The method (the docs quote this):
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from collections.abc import Sequence
@@ -88,14 +87,13 @@ def culler_bound(
     """
     if capacity <= 0:
         return None
-    frees = [max(now.timestamp(), h.granted_at.timestamp() + cull_timeout_seconds) for h in holders]
-    frees += [now.timestamp()] * max(capacity - len(holders), 0)
-    heapq.heapify(frees)
-    for _ in range(max(len(holders) - capacity, 0)):
-        heapq.heappop(frees)
-    for _ in range(position - 1):
-        heapq.heappush(frees, heapq.heappop(frees) + cull_timeout_seconds)
-    return max(frees[0] - now.timestamp(), 0.0)
+    start = now.timestamp()
+    frees = sorted(max(start, h.granted_at.timestamp() + cull_timeout_seconds) for h in holders)
+    frees = [start] * max(capacity - len(holders), 0) + frees[max(len(holders) - capacity, 0) :]
+    # Every slice frees within [now, now + timeout], so the hand-outs go round the slices in this
+    # order, one timeout per round: the position's turn is a closed form, not a walk (O(C log C)).
+    rounds, slot = divmod(position - 1, capacity)
+    return max(frees[slot] + rounds * cull_timeout_seconds - start, 0.0)
 
 
 def _minutes(seconds: float) -> str:

@@ -7,6 +7,14 @@ block startup on an outage.
 
 The serving certificate is hot reloaded: the files (a Secret volume) are polled and a changed pair
 is loaded into the same ``SSLContext``, so new handshakes get the new certificate with no restart.
+
+With ``server.workers`` N > 1 the main process (admission, API, controller) starts N-1 worker
+processes that share the HTTPS port with it (``SO_REUSEPORT``: the kernel spreads connections).
+A worker answers admission itself and forwards ``/api/v1`` to the main process over an abstract
+Unix socket (inside the pod; the main process still checks every token), because the API's
+answers (capacity, use, admin edits) need the controller's cache and Kubernetes client, which only
+the main process has. Prometheus series are per process, so the
+metrics port (main process only) shows the main process's admission series.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import contextlib
 import gc
 import logging
 import os
+import pickle
+import secrets
 import signal
 import ssl
 import sys
@@ -26,8 +36,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
+from yarl import URL
 
 from webhook import metrics
 from webhook.admission import BadReview, mutate, outcome, parse_review, validate
@@ -418,19 +430,297 @@ def build_components(config: Config) -> tuple[list[Component], web.Application |
     return list(components), api_app
 
 
+# -------------------------------------------------------------------------------------- workers
+
+WORKER_HEADER = "X-Gpu-Queue-Worker"  # the answering process's pid, set when server.workers > 1
+# Hop-by-hop headers, and the ones the client library sets itself: never forwarded as they are.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        WORKER_HEADER.lower(),
+    }
+)
+_WORKER_ENTRY = "from webhook.server import worker_main; worker_main()"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _identify(app: web.Application) -> None:
+    """Name the answering process on every response, so a client (and a test) can tell workers apart."""
+    pid = str(os.getpid())
+
+    async def add_header(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = pid
+
+    app.on_response_prepare.append(add_header)
+
+
+def _abstract(name: str) -> str:
+    """A Linux abstract socket address: no file, so it works on a read-only root filesystem."""
+    return "\0" + name
+
+
+def create_api_proxy(socket_name: str) -> web.Application:
+    """A worker's ``/api/v1``: every request forwarded to the main process, the answer relayed.
+
+    The main process authenticates and answers exactly as it does on its own connections; a worker
+    holds no store, no cache and no Kubernetes client, so it cannot answer differently.
+    """
+    app = web.Application()
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.UnixConnector(path=_abstract(socket_name))
+        sessions.append(aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)))
+        yield
+        await sessions.pop().close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
+        headers["X-Forwarded-For"] = request.remote or ""
+        body = b""
+        if request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                return web.json_response(
+                    {"error": f"{exc.reason}: {request.method} {request.path}", "detail": None}, status=exc.status
+                )
+        url = URL("http://gpu-queue" + request.raw_path, encoded=True)
+        try:
+            async with sessions[0].request(
+                request.method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as answer:
+                payload = await answer.read()
+                relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
+                return web.Response(status=answer.status, body=payload, headers=relayed)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("worker: the main process did not answer an API request", extra={"ctx": {"error": str(exc)}})
+            return web.json_response(
+                {"error": "this gpu-queue worker cannot reach its main process; retry", "detail": None},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+class WorkerPool:
+    """The ``server.workers - 1`` extra processes: started, restarted after a crash, stopped.
+
+    Each is a fresh interpreter (not a fork of a process that runs an event loop and threads), told
+    the configuration through its stdin. It learns of the main process's death by end-of-file on
+    a pipe whose write end only the main process holds, so no worker outlives it, even on SIGKILL.
+    """
+
+    def __init__(self, config: Config, port: int, api_socket: str, count: int) -> None:
+        self.config = config
+        self.port = port
+        self.api_socket = api_socket
+        self.count = count
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._lifeline_read, self._lifeline_write = os.pipe()  # both close-on-exec by default
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values()]
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._supervise(i), name=f"worker-{i}") for i in range(1, self.count + 1)]
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        # The worker imports this very package, wherever it was imported from here.
+        path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        argv = [
+            "--index",
+            str(index),
+            "--port",
+            str(self.port),
+            "--api-socket",
+            self.api_socket,
+            "--lifeline-fd",
+            str(self._lifeline_read),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER_ENTRY,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            pass_fds=(self._lifeline_read,),
+            env=env,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(pickle.dumps(self.config))
+        await proc.stdin.drain()
+        proc.stdin.close()
+        log.info("worker started", extra={"ctx": {"worker": index, "pid": proc.pid}})
+        return proc
+
+    async def _supervise(self, index: int) -> None:
+        """Keep worker ``index`` running; back off when it keeps dying (a bad certificate, say)."""
+        delay = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                proc = await self._spawn(index)
+            except OSError as exc:
+                log.error("cannot start a worker", extra={"ctx": {"worker": index, "error": str(exc)}})
+            else:
+                self.processes[index] = proc
+                code = await proc.wait()
+                if self._stopping:
+                    return
+                log.warning("worker exited; starting it again", extra={"ctx": {"worker": index, "code": code}})
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def terminate(self) -> None:
+        """SIGTERM every worker: each stops accepting and drains, like the main process."""
+        self._stopping = True
+        for proc in self.processes.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+
+    async def wait(self, grace_seconds: float) -> None:
+        """Wait for the workers to exit; SIGKILL the ones still running after ``grace_seconds``."""
+        procs = list(self.processes.values())
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await asyncio.gather(*(p.wait() for p in procs))
+        except TimeoutError:
+            for proc in procs:
+                if proc.returncode is None:
+                    log.warning("worker did not stop in time; killing it", extra={"ctx": {"pid": proc.pid}})
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fd in (self._lifeline_read, self._lifeline_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    """The TCP port actually bound (``server.port: 0`` picks one, which the workers must share)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+            return address[1]
+    return fallback
+
+
+async def serve_worker(
+    config: Config,
+    *,
+    port: int,
+    api_socket: str,
+    lifeline_fd: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """One extra worker: admission, health and the forwarded API on the shared port, no controller.
+
+    It loads and reloads the certificate itself, and stops on SIGTERM/SIGINT or when the main
+    process dies (end-of-file on ``lifeline_fd``).
+    """
+    reloader = CertReloader(config.tls)
+    reloader.load()
+    app = create_app(config, components=[reloader.component()], api_app=create_api_proxy(api_socket))
+    _identify(app)
+    app[READINESS].hold("listening")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    def orphaned() -> None:
+        assert lifeline_fd is not None
+        loop.remove_reader(lifeline_fd)
+        log.warning("the main gpu-queue process is gone; this worker stops")
+        stop.set()
+
+    if lifeline_fd is not None:
+        loop.add_reader(lifeline_fd, orphaned)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.server.host, port, ssl_context=reloader.context, reuse_port=True)
+        await site.start()
+        gc.collect()
+        gc.freeze()
+        app[READINESS].clear("listening")
+        log.info("worker serving", extra={"ctx": {"https": f"{config.server.host}:{port}", "pid": os.getpid()}})
+        await stop.wait()
+        log.info("worker shutting down: draining in-flight requests")
+    finally:
+        await runner.cleanup()
+        if lifeline_fd is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(lifeline_fd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def worker_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of a worker process (started by ``WorkerPool``); the configuration is on stdin."""
+    parser = argparse.ArgumentParser(prog="gpu-queue-worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--api-socket", required=True)
+    parser.add_argument("--lifeline-fd", type=int, required=True)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Our own pickle, from the process that started us, through a pipe only it holds.
+    config: Config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    from webhook.logs import setup_logging
+
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(serve_worker(config, port=args.port, api_socket=args.api_socket, lifeline_fd=args.lifeline_fd))
+    except (TlsError, OSError) as exc:
+        log.error("worker failed", extra={"ctx": {"worker": args.index, "error": str(exc)}})
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------------------- serve
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT): then stop accepting, drain, clean up."""
+    """Run until ``stop`` is set (or SIGTERM/SIGINT): then stop accepting, drain, clean up.
+
+    With ``server.workers`` > 1 this is the main process: it also starts the workers once its own
+    site is bound, and stops them first (they may still forward API requests to it while draining).
+    """
     reloader = CertReloader(config.tls)
     reloader.load()
     extra, api_app = build_components(config)
     app = create_app(config, components=[reloader.component(), *extra], api_app=api_app)
     readiness = app[READINESS]
     readiness.hold("listening")
-    if config.server.workers > 1:
-        log.warning("server.workers > 1 is not supported yet; running one worker")
+    workers = config.server.workers
+    if workers > 1:
+        _identify(app)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -440,10 +730,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
     side_runner: web.AppRunner | None = None
+    pool: WorkerPool | None = None
+    site: web.TCPSite | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=reloader.context)
+        site = web.TCPSite(
+            runner, config.server.host, config.server.port, ssl_context=reloader.context, reuse_port=workers > 1
+        )
         await site.start()
+        if workers > 1:
+            api_socket = f"gpu-queue-api-{os.getpid()}-{secrets.token_hex(8)}"
+            await web.UnixSite(runner, _abstract(api_socket)).start()
+            pool = WorkerPool(config, _bound_port(runner, config.server.port), api_socket, workers - 1)
+            pool.start()
         if config.server.metrics_port:
             side_runner = web.AppRunner(create_metrics_app(readiness), access_log=None)
             await side_runner.setup()
@@ -460,6 +759,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "ctx": {
                     "https": f"{config.server.host}:{config.server.port}",
                     "metrics": config.server.metrics_port or None,
+                    "workers": workers,
                 }
             },
         )
@@ -467,7 +767,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         log.info("shutting down: draining in-flight requests")
         readiness.hold("stopping")
     finally:
-        # The main site first (stop accepting, finish in-flight, run cleanups); metrics last.
+        if pool is not None:
+            # Workers first: they stop accepting and drain while this process still answers the
+            # API requests they forward; then this process stops accepting too.
+            pool.terminate()
+            if site is not None:
+                await site.stop()
+            await pool.wait(grace_seconds=15.0)
+        # The main site (stop accepting, finish in-flight, run cleanups); metrics last.
         await runner.cleanup()
         if side_runner is not None:
             await side_runner.cleanup()

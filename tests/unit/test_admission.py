@@ -345,3 +345,14 @@ async def test_mutated_pods_pass_validation(spawner_pod: PodFactory, config: Con
     for profile in ("gpu-enabled", "cpu-only"):
         _, patched = run_mutate(await spawner_pod("Bob.Smith", profile, "ml"), config)
         assert run_validate(patched, config).response.allowed  # type: ignore[union-attr]
+
+
+def test_a_single_container_with_another_name_is_the_notebook_for_both_webhooks() -> None:
+    config = load_config(env={})
+    pod = minimal_pod()
+    pod["spec"]["containers"][0]["name"] = "lab"
+    answer, patched = run_mutate(pod, config)
+    assert answer.response is not None and answer.response.allowed
+    assert parse_quantity(patched["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    verdict = run_validate(patched, config)
+    assert verdict.response is not None and verdict.response.allowed, verdict.response

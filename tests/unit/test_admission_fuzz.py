@@ -269,7 +269,7 @@ def nested(depth: int, leaf: Any = "x") -> Any:
     return value
 
 
-DEPTHS = [10, 100, 500, 900, 1000, 2000, 50_000]
+DEPTHS = [10, 100, 900, 1000, 20_000]
 DEEP_PLACES: list[tuple[str | int, ...]] = [
     ("metadata", "labels", "deep"),
     ("metadata", "annotations", "deep"),
@@ -313,10 +313,9 @@ def test_deep_nesting_inside_a_real_pod_is_answered_and_never_writes_unvalidated
                     continue
                 code = (answer["response"].get("status") or {}).get("code")
                 assert code != 500, answer
-                if path == "/mutate" and depth <= 100:  # deeper ones exceed the client's own copy limits
-                    outcome = no_unvalidated_write(admission, pod)
-                else:
-                    outcome = "answered"
+                # Deeper pods exceed the test's own copy and patch recursion limits.
+                replay = path == "/mutate" and depth <= 100
+                outcome = no_unvalidated_write(admission, pod) if replay else "answered"
                 counts[outcome] = counts.get(outcome, 0) + 1
     total = report("deep nesting inside a KubeSpawner pod", counts)
     assert total == len(DEPTHS) * len(DEEP_PLACES) * 2
@@ -324,8 +323,9 @@ def test_deep_nesting_inside_a_real_pod_is_answered_and_never_writes_unvalidated
 
 
 def _with(pod: dict[str, Any], at: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``pod`` with ``value`` put (not copied: it may be too deep to copy) at ``at``."""
     out = copy.deepcopy(pod)
-    parent = out
+    parent: Any = out
     for part in at[:-1]:
         parent = parent[part]
     parent[at[-1]] = value
@@ -416,7 +416,9 @@ def test_a_pod_of_many_small_parts_near_the_limit_is_mutated_in_time_and_validat
 
 # Any code point, surrogates included (JSON can carry a lone one as a \\u escape).
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
-names = st.one_of(any_text, st.sampled_from(["jupyter-ålice", "jupyter-\u0430lice", "ユーザー", "\u202eevil", "a\u0000b"]))
+names = st.one_of(
+    any_text, st.sampled_from(["jupyter-ålice", "jupyter-\u0430lice", "ユーザー", "\u202eevil", "a\u0000b"])
+)
 label_keys = st.one_of(
     any_text,
     st.sampled_from(
@@ -431,7 +433,9 @@ label_keys = st.one_of(
 )
 label_values = st.one_of(
     any_text,
-    st.sampled_from(["singleuser-server", "gpu-enabled", "cpu-only", "gpu-enabl\u0435d", "GPU-ENABLED", "gpu-enabled\u200b"]),
+    st.sampled_from(
+        ["singleuser-server", "gpu-enabled", "cpu-only", "gpu-enabl\u0435d", "GPU-ENABLED", "gpu-enabled\u200b"]
+    ),
 )
 annotation_keys = st.one_of(
     any_text,
@@ -448,11 +452,20 @@ annotation_keys = st.one_of(
 )
 annotation_values = st.one_of(
     any_text,
-    st.sampled_from(["2020-01-01T00:00:00Z", "２０２６-01-01T00:00:00Z", "gpu", "ｇｐｕ", "\u0000", "9" * 40]),
+    st.sampled_from(
+        [
+            "2020-01-01T00:00:00Z",
+            "\uff12\uff10\uff12\uff16-01-01T00:00:00Z",
+            "gpu",
+            "\uff47\uff50\uff55",
+            "\u0000",
+            "9" * 40,
+        ]
+    ),
 )
 
 UNICODE = settings(
-    max_examples=120,
+    max_examples=80,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
@@ -488,7 +501,7 @@ def test_unicode_in_names_labels_and_annotations_never_breaks_admission_or_write
 
     run()
     total = report("unicode in names, labels and annotations", counts)
-    assert total >= 2 * 100
+    assert total >= 2 * 75
 
 
 def test_the_in_process_mutation_agrees_with_the_served_one_on_unicode(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.eta import culler_bound, estimate, format_eta, round_range, smoothed_interval
@@ -220,3 +220,38 @@ def test_format_eta_gives_minutes_up_to_an_hour_and_hours_above(low: float, high
 def test_format_eta_says_unknown_when_not_known_even_with_numbers() -> None:
     assert format_eta(Eta(known=False)) == "wait time unknown"
     assert format_eta(Eta(known=False, min_seconds=60, max_seconds=120)) == "wait time unknown"
+
+
+def _culler_bound_by_walking(
+    *, position: int, capacity: int, holders: list[Holder], timeout: float, now: datetime
+) -> float:
+    """The bound the slow way: hand slices out one by one from a heap of free times."""
+    import heapq
+
+    frees = [max(now.timestamp(), h.granted_at.timestamp() + timeout) for h in holders]
+    frees += [now.timestamp()] * max(capacity - len(holders), 0)
+    heapq.heapify(frees)
+    for _ in range(max(len(holders) - capacity, 0)):
+        heapq.heappop(frees)
+    for _ in range(position - 1):
+        heapq.heappush(frees, heapq.heappop(frees) + timeout)
+    return max(frees[0] - now.timestamp(), 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ages=st.lists(st.integers(0, 10_000), max_size=12),
+    capacity=st.integers(1, 10),
+    position=st.integers(1, 60),
+    timeout=st.sampled_from([600.0, 3600.0]),
+)
+def test_culler_bound_closed_form_equals_handing_slices_out_one_by_one(
+    ages: list[int], capacity: int, position: int, timeout: float
+) -> None:
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    holders = [
+        Holder(namespace="jhub", name=f"p{i}", granted_at=now - timedelta(seconds=age)) for i, age in enumerate(ages)
+    ]
+    fast = culler_bound(position=position, capacity=capacity, holders=holders, cull_timeout_seconds=timeout, now=now)
+    slow = _culler_bound_by_walking(position=position, capacity=capacity, holders=holders, timeout=timeout, now=now)
+    assert fast == pytest.approx(slow, abs=1e-6)
