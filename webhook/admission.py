@@ -24,7 +24,7 @@ from webhook.profiles import (
     labels_of,
     scheduling_gates,
 )
-from webhook.quantity import QuantityError, cpu_env, memory_env, parse_quantity, same_quantity
+from webhook.quantity import QuantityError, parse_quantity, same_quantity
 from webhook.review import AdmissionRequest, AdmissionReview, answer
 from webhook.state import format_requested_at, parse_requested_at
 
@@ -234,22 +234,8 @@ def _same_resources(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return set(a) == set(b) and all(same_quantity(a[k], b[k]) for k in a)
 
 
-def _env_values(profile: Profile) -> dict[str, str]:
-    """The env vars JupyterHub writes for the same settings, in its format."""
-    out: dict[str, str] = {}
-    if "cpu" in profile.limits:
-        out["CPU_LIMIT"] = cpu_env(profile.limits["cpu"])
-    if "cpu" in profile.requests:
-        out["CPU_GUARANTEE"] = cpu_env(profile.requests["cpu"])
-    if "memory" in profile.limits:
-        out["MEM_LIMIT"] = memory_env(profile.limits["memory"])
-    if "memory" in profile.requests:
-        out["MEM_GUARANTEE"] = memory_env(profile.requests["memory"])
-    return out
-
-
 def _env_patch(container: dict[str, Any], index: int, profile: Profile) -> Patch:
-    desired = _env_values(profile)
+    desired = profile.env
     if not desired:
         return []
     base = f"/spec/containers/{index}/env"

@@ -8,6 +8,7 @@ that names the field.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from enum import StrEnum
@@ -26,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from webhook.quantity import QuantityError, parse_quantity
+from webhook.quantity import QuantityError, cpu_env, memory_env, parse_quantity
 
 ENV_PREFIX = "GPU_QUEUE_"
 
@@ -67,6 +68,20 @@ class Profile(_Model):
     @classmethod
     def _quantities(cls, v: Any) -> Any:
         return _check_quantities(v) if isinstance(v, Mapping) else v
+
+    @functools.cached_property
+    def env(self) -> dict[str, str]:
+        """The env vars JupyterHub writes for these settings, in its format (computed once)."""
+        out: dict[str, str] = {}
+        if "cpu" in self.limits:
+            out["CPU_LIMIT"] = cpu_env(self.limits["cpu"])
+        if "cpu" in self.requests:
+            out["CPU_GUARANTEE"] = cpu_env(self.requests["cpu"])
+        if "memory" in self.limits:
+            out["MEM_LIMIT"] = memory_env(self.limits["memory"])
+        if "memory" in self.requests:
+            out["MEM_GUARANTEE"] = memory_env(self.requests["memory"])
+        return out
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> Profile:

@@ -79,6 +79,8 @@ def is_quantity(value: object) -> bool:
 
 def same_quantity(a: object, b: object) -> bool:
     """True when both values are quantities of the same amount (``"1Gi" == 1073741824``)."""
+    if a == b and type(a) is type(b) and not isinstance(a, bool) and is_quantity(a):
+        return True
     try:
         return parse_quantity(a) == parse_quantity(b)
     except QuantityError:
