@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,85 +50,25 @@ GOAL_P99_MS = 10.0
 
 
 def kubespawner_pod(profile: str) -> dict[str, Any]:
-    """A single-user pod exactly as KubeSpawner 7 builds it for the seed's profiles."""
-    from kubernetes_asyncio.client import ApiClient
-    from kubespawner.objects import make_pod
+    """A single-user pod exactly as KubeSpawner builds it for the seed's profiles, with what a
+    zero-to-jupyterhub hub adds (home volume, user scheduler, dedicated-node toleration)."""
+    from webhook.spawnerpods import pod_manifest
 
-    gpu = profile == "gpu"
-    pod = make_pod(
-        name="jupyter-alice",
-        cmd=["jupyterhub-singleuser"],
-        port=8888,
-        image="quay.io/jupyter/pytorch-notebook:cuda12-latest" if gpu else "quay.io/jupyter/base-notebook:latest",
-        image_pull_policy="IfNotPresent",
-        uid=1000,
-        gid=100,
-        fs_gid=100,
-        env={
-            "JUPYTERHUB_USER": "alice",
-            "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
-            "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/",
-            "CPU_LIMIT": "4.0" if gpu else "2.0",
-            "CPU_GUARANTEE": "1.0" if gpu else "0.5",
-            "MEM_LIMIT": str(8 * 1024**3 if gpu else 4 * 1024**3),
-            "MEM_GUARANTEE": str(2 * 1024**3 if gpu else 1024**3),
-        },
-        labels={
-            "app": "jupyterhub",
-            "release": "jhub",
-            "component": "singleuser-server",
-            "app.kubernetes.io/component": "singleuser-server",
-            "app.kubernetes.io/managed-by": "kubespawner",
-            "hub.jupyter.org/network-access-hub": "true",
-            "hub.jupyter.org/servername": "",
-            "hub.jupyter.org/username": "alice",
-            "gpu-queue.io/profile": "gpu-enabled" if gpu else "cpu-only",
-        },
-        annotations={"hub.jupyter.org/username": "alice", "hub.jupyter.org/kubespawner-version": "7.1.0"},
-        cpu_limit=4.0 if gpu else 2.0,
-        cpu_guarantee=1.0 if gpu else 0.5,
-        mem_limit=8 * 1024**3 if gpu else 4 * 1024**3,
-        mem_guarantee=2 * 1024**3 if gpu else 1024**3,
-        extra_resource_limits={"nvidia.com/gpu": "1"} if gpu else None,
-        volumes=[{"name": "volume-alice", "persistentVolumeClaim": {"claimName": "claim-alice"}}],
-        volume_mounts=[{"name": "volume-alice", "mountPath": "/home/jovyan"}],
-        service_account="default",
-        automount_service_account_token=False,
-        scheduler_name="jhub-user-scheduler",
-        tolerations=[
+    extra = {
+        "volumes": [{"name": "volume-alice", "persistentVolumeClaim": {"claimName": "claim-alice"}}],
+        "volume_mounts": [{"name": "volume-alice", "mountPath": "/home/jovyan"}],
+        "scheduler_name": "jhub-user-scheduler",
+        "tolerations": [
             {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}
         ],
-    )
-    # Only the serializer is needed: skip __init__, which opens an HTTP connection pool.
-    serializer = ApiClient.__new__(ApiClient)
-    data: dict[str, Any] = serializer.sanitize_for_serialization(pod)
-    return data
+    }
+    return asyncio.run(pod_manifest("alice", "gpu-enabled" if profile == "gpu" else "cpu-only", extra=extra))
 
 
 def review_body(pod: dict[str, Any]) -> bytes:
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "jhub",
-            "operation": "CREATE",
-            "userInfo": {
-                "username": "system:serviceaccount:jhub:hub",
-                "uid": str(uuid.uuid4()),
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:jhub", "system:authenticated"],
-            },
-            "object": pod,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions", "fieldManager": "kubespawner"},
-        },
-    }
-    return json.dumps(review).encode()
+    from webhook.review import request_review
+
+    return json.dumps(request_review(pod)).encode()
 
 
 # ------------------------------------------------------------------------------------- servers

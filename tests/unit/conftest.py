@@ -4,13 +4,13 @@ KubeSpawner pod manifests."""
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from webhook.config import Config, load_config
+from webhook.review import request_review
 from webhook.spawnerpods import pod_manifest
 
 
@@ -27,24 +27,14 @@ def review_of(
     username: str = "system:serviceaccount:jhub:hub",
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """An AdmissionReview request as the API server sends it for a pod."""
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "name": pod.get("metadata", {}).get("name", ""),
-            "namespace": pod.get("metadata", {}).get("namespace", "jhub"),
-            "operation": operation,
-            "userInfo": {"username": username, "groups": ["system:serviceaccounts"]},
-            "object": copy.deepcopy(pod),
-            "oldObject": copy.deepcopy(old) if old is not None else None,
-            "dryRun": dry_run,
-        },
-    }
+    """An AdmissionReview request as the API server sends it for a pod (copies, never aliases)."""
+    return request_review(
+        copy.deepcopy(pod),
+        operation=operation,
+        old=copy.deepcopy(old) if old is not None else None,
+        username=username,
+        dry_run=dry_run,
+    )
 
 
 PodFactory = Callable[..., Awaitable[dict[str, Any]]]

@@ -24,7 +24,6 @@ import copy
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +38,7 @@ from webhook import server
 from webhook.admission import mutate
 from webhook.config import Config, load_config
 from webhook.profiles import annotations_of, has_gate
+from webhook.review import request_review
 from webhook.spawnerpods import pod_manifest
 
 LIMIT = 256 * 1024  # server.maxBodyBytes for these tests: big enough for real pods, cheap to exceed
@@ -130,20 +130,7 @@ def cpu_pod() -> dict[str, Any]:
 def review_of(
     pod: Any, operation: str = "CREATE", old: Any = None, username: str = HUB, uid: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid or str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "jhub",
-            "operation": operation,
-            "userInfo": {"username": username},
-            "object": pod,
-            "oldObject": old,
-        },
-    }
+    return request_review(pod, operation=operation, old=old, username=username, uid=uid)
 
 
 def patched(pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:

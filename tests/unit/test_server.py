@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import ssl
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from webhook import metrics, server
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
+from webhook.review import request_review
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[..., Awaitable[Client]]
@@ -57,20 +57,7 @@ def gpu_pod(name: str = "jupyter-alice") -> dict[str, Any]:
 
 
 def review(pod: dict[str, Any] | None = None, operation: str = "CREATE", uid: str | None = None) -> dict[str, Any]:
-    pod = pod or gpu_pod()
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid or str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "jhub",
-            "operation": operation,
-            "userInfo": {"username": "system:serviceaccount:jhub:hub"},
-            "object": pod,
-        },
-    }
+    return request_review(pod or gpu_pod(), operation=operation, uid=uid)
 
 
 def counted(handler: str, outcome: str) -> float:
