@@ -107,15 +107,21 @@ def make_target(cluster: DevCluster, kube: Kube, replica: int = 0) -> Target:
     )
 
 
-async def delete_pods(kube: Kube, namespace: str, names: Iterable[str]) -> None:
-    """Log users out at once (grace 0, as the scenarios do: kwok runs no kubelet to wait for)."""
+async def delete_pods(kube: Kube, namespace: str, names: Iterable[str], concurrency: int = 50) -> None:
+    """Log users out at once (grace 0, as the scenarios do: kwok runs no kubelet to wait for).
+
+    Also the fast way to empty the namespace: the dev API server deletes a collection with one
+    worker, about 3x slower than 50 deletes in flight.
+    """
+    limit = asyncio.Semaphore(concurrency)
 
     async def one(name: str) -> None:
-        try:
-            await kube.delete(f"/api/v1/namespaces/{namespace}/pods/{name}", grace_seconds=0)
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        async with limit:
+            try:
+                await kube.delete(f"/api/v1/namespaces/{namespace}/pods/{name}", grace_seconds=0)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
 
     await asyncio.gather(*(one(n) for n in names))
 
@@ -228,7 +234,6 @@ class InvariantChecker:
     watch_errors: int = 0
     max_in_use: int = 0
     i3_seconds: list[float] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
     _holding: set[str] = field(default_factory=set)
     _other_use: dict[str, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -472,7 +477,6 @@ class InvariantChecker:
             "double_grants": sum(1 for v in self.violations if v.invariant == "double grant"),
             "I3_seconds": [round(s, 2) for s in self.i3_seconds],
             "violations": len(self.violations),
-            **self.notes,
         }
 
     async def converged(self, target: Target, within: float, *, sample: int = 5) -> float:
@@ -609,12 +613,12 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
-def histogram(text: str, name: str, **match: str) -> Buckets:
-    """The cumulative buckets of histogram ``name``, summed over every series whose labels match."""
+def histogram(text: str, metric: str, labels: Mapping[str, str] | None = None) -> Buckets:
+    """The cumulative buckets of histogram ``metric``, summed over every series matching ``labels``."""
     buckets: Buckets = {}
-    for labels, value in samples(text, f"{name}_bucket"):
-        if all(labels.get(k) == v for k, v in match.items()):
-            bound = float(labels["le"])
+    for found, value in samples(text, f"{metric}_bucket"):
+        if all(found.get(k) == v for k, v in (labels or {}).items()):
+            bound = float(found["le"])
             buckets[bound] = buckets.get(bound, 0.0) + value
     return buckets
 

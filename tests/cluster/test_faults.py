@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from cryptography.hazmat.primitives import serialization
 from tests.invariants import (
     InvariantChecker,
     PodFactory,
+    apiserver_metrics,
     current_leader,
     delete_pods,
     http_text,
     lease_holder,
     make_target,
     pod_name,
+    pool_status,
     samples,
     wait_until,
 )
@@ -44,6 +47,8 @@ pytestmark = pytest.mark.timeout(240)
 
 # The API server gives the webhook 2 s (the chart's timeoutSeconds): admission must answer within it.
 WEBHOOK_TIMEOUT = 2.0
+# Long enough for the current controller to grant through its Redis timeouts (see the xfail below).
+REDIS_PAUSE_SECONDS = 10.0
 
 
 def report(name: str, data: dict[str, Any]) -> None:
@@ -64,6 +69,11 @@ class Rig:
     def reconcile(self) -> float:
         return self.cluster.service_config.controller.reconcile_seconds
 
+    @property
+    def i3_within(self) -> float:
+        """I3's bound: one reconcile period, plus 1 s for polling and a noisy two-core machine."""
+        return self.reconcile + 1.0
+
     async def spawn(self, user: str, profile: str = "gpu-enabled") -> tuple[str, float]:
         """Create ``user``'s pod; (name, seconds the API server took, admission webhooks included)."""
         started = time.monotonic()
@@ -82,11 +92,16 @@ class Rig:
         await self.checker.wait(lambda v: set(names) <= set(v.holding), 30, f"{count} holders")
         return names
 
-    async def enqueue(self, prefix: str, count: int, start: int = 0) -> list[str]:
+    async def enqueue(self, prefix: str, count: int) -> list[str]:
         """``count`` more users, one after another (so requested-at order is spawn order), queued."""
-        names = [(await self.spawn(f"{prefix}{i:02d}"))[0] for i in range(start, start + count)]
+        names = [(await self.spawn(f"{prefix}{i:02d}"))[0] for i in range(count)]
         await self.checker.wait(lambda v: v.queued[-count:] == names, 15, f"{names} queued in order")
         return names
+
+    def grant_seconds(self, names: list[str], since: float) -> dict[str, float]:
+        """Seconds from ``since`` until the checker saw each of ``names`` granted (if it was)."""
+        tracks = [(n, self.checker.track(n)) for n in names]
+        return {n: round(t.granted_mono - since, 2) for n, t in tracks if t is not None and t.granted_mono is not None}
 
     def use_replica(self, i: int) -> None:
         """Ask the queue API of replica ``i`` from now on (the other one was killed)."""
@@ -162,7 +177,7 @@ async def test_redis_killed_and_restarted_mid_burst_keeps_capacity_and_order_the
         15,
         "the 4 earliest requests of the burst to hold and the other 16 to queue in order",
     )
-    i3 = await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    i3 = await checker.converged(rig.target, rig.i3_within)
     since_back = time.monotonic() - back
     summary = checker.check()
     granted = [t.name for t in checker.granted() if t.name.startswith("jupyter-rkq")]
@@ -185,35 +200,34 @@ async def test_redis_killed_and_restarted_mid_burst_keeps_capacity_and_order_the
 
 
 async def test_redis_paused_admission_answers_grants_continue_and_index_converges(rig: Rig) -> None:
-    """SIGSTOP on redis-server (a network partition: connections hang, nothing is refused) for a
-    few seconds while users spawn and log out: spawns are answered and gated within the webhook
-    timeout, the freed slices go to the next in order *while Redis is still paused*, and after
-    SIGCONT the index agrees with the pods again within a reconcile period."""
+    """SIGSTOP on redis-server (a network partition: connections hang, nothing is refused) while
+    2 holders log out and 4 users spawn: spawns are answered and gated within the webhook timeout,
+    the freed slices go to the next two in order *while Redis is still paused* (from the pods
+    alone), and after SIGCONT the index agrees with the pods again within a reconcile period."""
     cluster, checker = rig.cluster, rig.checker
     holders = await rig.fill("rph", 8)
     queued = await rig.enqueue("rpq", 4)
-    await checker.converged(rig.target, rig.reconcile * 2 + 2)
-    pause = 6.0
+    await checker.converged(rig.target, rig.i3_within)
+    pause = REDIS_PAUSE_SECONDS
     pid = cluster.state.processes["redis"].pid
     spawn_seconds: list[float] = []
     late: list[str] = []
-    grant_seconds = float("nan")
     os.kill(pid, signal.SIGSTOP)
     paused = time.monotonic()
     try:
+        await rig.logout(holders[:2])
+        logged_out = time.monotonic()
         for i in range(4, 8):
             name, took = await rig.spawn(f"rpq{i:02d}")
             late.append(name)
             spawn_seconds.append(took)
-        logged_out = time.monotonic()
-        await rig.logout(holders[:2])
         expected_queue = queued[2:] + late
         await checker.wait(
             lambda v: set(queued[:2]) <= set(v.holding) and v.queued == expected_queue,
             max(0.5, paused + pause - time.monotonic()),
             "the next two in order to be granted while Redis is still paused",
         )
-        grant_seconds = time.monotonic() - logged_out
+        grant_seconds = rig.grant_seconds(queued[:2], logged_out)
         # The rest of the pause: a bounded window that checks I1 at every poll.
         while time.monotonic() < paused + pause:
             assert checker.max_in_use <= checker.capacity, checker.violations
@@ -221,7 +235,7 @@ async def test_redis_paused_admission_answers_grants_continue_and_index_converge
     finally:
         os.kill(pid, signal.SIGCONT)
     resumed = time.monotonic()
-    i3 = await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    i3 = await checker.converged(rig.target, rig.i3_within)
     summary = checker.check()
     assert max(spawn_seconds) < WEBHOOK_TIMEOUT, f"spawns took {spawn_seconds} with Redis paused"
     report(
@@ -229,12 +243,50 @@ async def test_redis_paused_admission_answers_grants_continue_and_index_converge
         {
             "paused_seconds": round(resumed - paused, 2),
             "spawn_seconds_while_paused": [round(s, 3) for s in spawn_seconds],
-            "grant_seconds_after_logout_while_paused": round(grant_seconds, 2),
+            "grant_seconds_after_logout_while_paused": grant_seconds,
+            "redis_timeout_seconds": cluster.service_config.redis.timeout_seconds,
             "I3_converged_seconds_after_sigcont": round(i3, 2),
             "reconcile_seconds": rig.reconcile,
             **summary,
         },
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "controller bug: while Redis hangs, each pass awaits its store calls one by one to their "
+        "1 s timeout, before and between grants (one release per departed holder in _forget, an "
+        "enqueue in _index_new, a grant after each ungate): after N logouts the first grant waits "
+        "about N + 3 s, each further one 1 s more; lead to decide (skip the store while it is "
+        "known down, or take the store writes off the grant path)"
+    ),
+)
+async def test_redis_paused_a_storm_of_4_logouts_is_granted_within_2s(rig: Rig) -> None:
+    """Grants come from the pods, so a hung Redis must not delay them: 4 holders leave at once
+    while redis-server is stopped, and the next 4 in order hold their slices within 2 s."""
+    cluster, checker = rig.cluster, rig.checker
+    holders = await rig.fill("rsh", 8)
+    queued = await rig.enqueue("rsq", 4)
+    await checker.converged(rig.target, rig.i3_within)
+    pid = cluster.state.processes["redis"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        left = time.monotonic()
+        await rig.logout(holders[:4])
+        try:
+            await checker.wait(lambda v: set(queued) <= set(v.holding), 2.0, "the next 4 granted within 2 s")
+        finally:
+            within = rig.grant_seconds(queued, left)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic() - left
+    await checker.wait(lambda v: set(queued) <= set(v.holding), 20, "the 4 grants after SIGCONT")
+    report(
+        "redis paused, storm of 4",
+        {"granted_within_2s": within, "sigcont_after": round(resumed, 2), "all": rig.grant_seconds(queued, left)},
+    )
+    checker.check()
 
 
 # -------------------------------------------------------------------------------- API server
@@ -248,7 +300,7 @@ async def test_apiserver_restart_mid_queue_watches_relist_and_next_logout_grants
     cluster, checker = rig.cluster, rig.checker
     holders = await rig.fill("arh", 8)
     queued = await rig.enqueue("arq", 6)
-    await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    await checker.converged(rig.target, rig.i3_within)
     offsets = [len(cluster.service_log(i)) for i in range(cluster.replicas)]
 
     down = time.monotonic()
@@ -263,7 +315,7 @@ async def test_apiserver_restart_mid_queue_watches_relist_and_next_logout_grants
         "the two freed slices to go to the next two in order after the restart",
     )
     resumed = time.monotonic() - back
-    i3 = await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    i3 = await checker.converged(rig.target, rig.i3_within)
 
     left = time.monotonic()
     await rig.logout([holders[2]])
@@ -273,6 +325,10 @@ async def test_apiserver_restart_mid_queue_watches_relist_and_next_logout_grants
         f"{queued[2]} (the head) to get the slice freed after the restart",
     )
     next_grant = time.monotonic() - left
+    # Every replica's controller came back (its API reads capacity and use from its own watches):
+    # a replica whose controller died would still answer admission and /readyz.
+    views = [await pool_status(replace(rig.target, api_url=cluster.api_url(i)), "gpu") for i in range(cluster.replicas)]
+    assert all(v["capacity"] == v["inUse"] == cluster.slices for v in views), views
     summary = checker.check()
     logs = _log_lines(
         cluster,
@@ -303,13 +359,16 @@ async def test_apiserver_restart_mid_queue_watches_relist_and_next_logout_grants
 
 
 async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_kept_place(rig: Rig) -> None:
-    """All 8 holders leave at once and the leader is SIGKILLed right after: whatever it granted
-    stays granted once (admitted-at never rewritten), I1 holds at every watch event, the other
-    replica takes over within a few lease durations and grants exactly the next 8 in order, and a
-    user who cancelled before the crash gets the old place back from the new leader (I5)."""
+    """4 holders leave at once and the leader is SIGKILLed as soon as its first grant shows, then
+    4 more leave while nobody leads: whatever the dead leader granted stays granted once
+    (admitted-at never rewritten), I1 holds at every watch event, the other replica takes over
+    within a few lease durations and the 8 grants go exactly to the next 8 in order, and a user
+    who cancelled before the crash gets the old place back from the new leader (I5)."""
     cluster, checker = rig.cluster, rig.checker
     holders = await rig.fill("lkh", 8)
     queued = await rig.enqueue("lkq", 12)
+    # Indexed first: a cancel the leader has not indexed yet keeps no place (the xfail below).
+    await checker.converged(rig.target, rig.i3_within)
     cancelled = queued[10]
     first_stamp = checker.track(cancelled)
     assert first_stamp is not None
@@ -317,15 +376,17 @@ async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_ke
     await rig.logout([cancelled])  # its place is kept as a tombstone by the current leader
     rest = [n for n in queued if n != cancelled]
     await checker.wait(lambda v: v.queued == rest, 10, "the cancelled pod to leave the queue")
-    await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    await checker.converged(rig.target, rig.i3_within)
     leader = await current_leader(rig.kube)
     survivor = 1 - leader
     lease = cluster.service_config.controller.lease_duration_seconds
 
-    await rig.logout(holders)
-    cluster.kill_service(leader)
-    killed = time.monotonic()
-    granted_before_kill = len([t for t in checker.granted() if t.name in rest])
+    storm = asyncio.create_task(rig.logout(holders[:4]))
+    await checker.wait(lambda v: any(n in v.holding for n in rest[:4]), 10, "the storm's first grant")
+    cluster.kill_service(leader)  # mid-storm: the first grant is out, the rest may be in flight
+    killed, killed_wall = time.monotonic(), datetime.now(UTC)
+    await storm
+    await rig.logout(holders[4:])  # while nobody leads: only the new leader can grant these 4
     if cluster.state.webhook_replica == leader:
         await cluster.point_webhooks_at(survivor)  # what the Service does when an endpoint dies
     rig.use_replica(survivor)
@@ -335,6 +396,7 @@ async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_ke
         "the surviving replica to grant exactly the next 8 in order",
     )
     takeover = time.monotonic() - killed
+    by_old = sum(1 for n in rest[:8] if (t := checker.track(n)) and t.admitted_at and t.admitted_at < killed_wall)
     assert await lease_holder(rig.kube) == survivor
     assert takeover < lease * 3, f"takeover took {takeover:.1f}s for a {lease}s lease"
 
@@ -342,13 +404,14 @@ async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_ke
     await checker.wait(lambda v: v.queued == [*rest[8:10], back, *rest[10:]], 15, f"{back} back at its old place")
     returned = checker.track(back)
     assert returned is not None and returned.stamp == original, (returned, original)
-    i3 = await checker.converged(rig.target, rig.reconcile * 2 + 2)
+    i3 = await checker.converged(rig.target, rig.i3_within)
     summary = checker.check()
     report(
         "leader killed in a grant storm",
         {
             "killed_replica": leader,
-            "granted_before_kill": granted_before_kill,
+            "granted_by_killed_leader": by_old,
+            "granted_by_new_leader": 8 - by_old,
             "takeover_seconds": round(takeover, 2),
             "lease_duration_seconds": lease,
             "kept_place_restored": True,
@@ -358,11 +421,152 @@ async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_ke
     )
 
 
+async def _admissions(cluster: DevCluster, i: int) -> float:
+    """How many AdmissionReviews replica ``i`` has answered."""
+    text = await http_text(cluster.metrics_url(i) + "/metrics")
+    return sum(v for _, v in samples(text, "gpu_queue_admission_requests_total"))
+
+
+async def _webhooks_on(rig: Rig, i: int) -> None:
+    """Point the webhooks at replica ``i`` and wait until the API server really calls it there
+    (it reads webhook configurations through an informer): probe CPU spawns until ``i`` counts one."""
+    await rig.cluster.point_webhooks_at(i)
+    before = await _admissions(rig.cluster, i)
+    probes: list[str] = []
+
+    async def answered_by_i() -> bool:
+        name, _ = await rig.spawn(f"probe{len(probes)}", "cpu-only")
+        probes.append(name)
+        return await _admissions(rig.cluster, i) > before
+
+    await wait_until(answered_by_i, 15, f"the API server to call replica {i}'s webhook", interval=0.1)
+    await rig.logout(probes)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "controller bug (I5): a queued pod that leaves before the leader indexed it gets no "
+        "tombstone: _forget calls store.remove, which keeps a place only for a key in the Redis "
+        "FIFO, so the user's place is lost although the departing pod carried its gate and "
+        "requested-at; lead to decide (tombstone from the pod's own requested-at)"
+    ),
+)
+async def test_place_kept_for_a_pod_cancelled_before_the_leader_indexed_it(rig: Rig) -> None:
+    """The leader is frozen (SIGSTOP) while a user spawns and cancels, and another user spawns
+    behind; after it thaws, the first user returns within keepPlaceSeconds and must get the old
+    place back, ahead of the user who came later (I5: the place belongs to the request, whatever
+    the index had seen of it)."""
+    cluster, checker = rig.cluster, rig.checker
+    await rig.fill("pkh", 8)
+    queued = await rig.enqueue("pkq", 2)
+    leader = await current_leader(rig.kube)
+    if cluster.state.webhook_replica == leader:
+        await _webhooks_on(rig, 1 - leader)  # admission must keep answering while the leader is frozen
+    process = cluster.state.processes[f"service-{leader}"]
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        cancelled, _ = await rig.spawn("pkq02")
+        original = await wait_until(lambda: _stamp_of(checker, cancelled), 5, f"{cancelled} seen")
+        await rig.logout([cancelled])
+        later, _ = await rig.spawn("pkq03")
+        await checker.wait(lambda v: v.queued == [*queued, later], 5, f"{cancelled} gone, {later} queued")
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    await checker.converged(rig.target, rig.i3_within)
+    back, _ = await rig.spawn("pkq02")
+    try:
+        await checker.wait(lambda v: v.queued == [*queued, back, later], 10, f"{back} back ahead of {later}")
+    finally:
+        returned = checker.track(back)
+        stamp = returned.stamp if returned is not None else None
+        queue = checker.view().queued
+        report("place kept across an unindexed cancel", {"original": original, "returned_with": stamp, "queue": queue})
+    checker.check()
+
+
+async def _stamp_of(checker: InvariantChecker, name: str) -> datetime | None:
+    track = checker.track(name)
+    return track.stamp if track is not None else None
+
+
+RBAC_API = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def _refusals(text: str) -> float:
+    """Requests the API server's authorizer allowed nobody to make (RBAC "no opinion" = 403)."""
+    return sum(
+        v for labels, v in samples(text, "authorization_duration_seconds_count") if labels.get("result") == "no-opinion"
+    )
+
+
+async def test_new_leader_that_cannot_list_pods_retries_and_grants_once_allowed(rig: Rig) -> None:
+    """The survivor of a leader crash cannot list pods at the moment it takes the lease: its
+    cluster-wide read binding is missing for a few seconds, as right after an API server restart
+    while the RBAC caches fill (seen here: 403s for about a second). A failed re-list on taking
+    the lease must be retried, not end the controller (the replica would keep answering
+    admission and /readyz while never granting again): once the binding is back, the next
+    logout is followed by the next grant in order."""
+    cluster, checker = rig.cluster, rig.checker
+    holders = await rig.fill("rbh", 8)
+    queued = await rig.enqueue("rbq", 2)
+    leader = await current_leader(rig.kube)
+    survivor = 1 - leader
+    binding_path = f"{RBAC_API}/clusterrolebindings/gpu-queue"
+    refused_before = _refusals(await apiserver_metrics(cluster))
+    async with cluster.kube() as admin:
+        binding = await admin.get(binding_path)
+        binding["metadata"] = {k: v for k, v in binding["metadata"].items() if k in ("name", "labels")}
+        await admin.delete(binding_path)
+        forbidden = time.monotonic()
+        try:
+            cluster.kill_service(leader)
+            if cluster.state.webhook_replica == leader:
+                await cluster.point_webhooks_at(survivor)
+            rig.use_replica(survivor)
+
+            async def survivor_holds_lease() -> bool:
+                return await lease_holder(rig.kube) == survivor
+
+            await wait_until(survivor_holds_lease, 20, f"replica {survivor} to take the lease")
+            # A bounded window in which the new leader's re-list meets the missing binding.
+            window = time.monotonic() + 2.0
+            while time.monotonic() < window:
+                assert checker.max_in_use <= checker.capacity
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.create(f"{RBAC_API}/clusterrolebindings", binding)
+    restored = time.monotonic()
+    refused = _refusals(await apiserver_metrics(cluster)) - refused_before
+    assert refused > 0, "the API server refused nothing while the binding was gone: the fault did not land"
+    passed = False
+    try:
+        await rig.logout([holders[0]])
+        await checker.wait(lambda v: queued[0] in v.holding, 20, f"{queued[0]} granted once the binding is back")
+        granted = time.monotonic() - restored
+        summary = checker.check()
+        passed = True
+    finally:
+        if not passed:
+            # A replica whose controller died keeps serving admission: restart it for the next tests.
+            cluster.kill_service(survivor, signal.SIGTERM)
+            await cluster.start_service(survivor)
+    report(
+        "new leader's re-list forbidden",
+        {
+            "forbidden_seconds": round(restored - forbidden, 2),
+            "requests_refused_403": refused,
+            "grant_seconds_after_restore": round(granted, 2),
+            **summary,
+        },
+    )
+
+
 # ------------------------------------------------------------------------------ certificates
 
 
-def _tls_reloads(text: str) -> float:
-    return sum(v for labels, v in samples(text, "gpu_queue_tls_reloads_total") if labels.get("result") == "ok")
+def _tls_reloads(text: str, result: str = "ok") -> float:
+    return sum(v for labels, v in samples(text, "gpu_queue_tls_reloads_total") if labels.get("result") == result)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -410,7 +614,7 @@ async def test_serving_cert_rotated_under_pod_churn_fails_no_creation_and_is_rel
             except Exception as exc:  # every failed creation is the finding: keep them all
                 failures.append(f"{user}: {exc!r}")
                 continue
-            await rig.logout([pod_name(user)])
+            await rig.logout([pod_name(user)])  # a failed delete ends the worker: raised below
 
     workers = [asyncio.create_task(churn(w)) for w in range(4)]
     try:
@@ -437,10 +641,13 @@ async def test_serving_cert_rotated_under_pod_churn_fails_no_creation_and_is_rel
         await wait_until(serves_fresh, 5, "new handshakes to get the new cert")
         after_reload = len(created)
         await wait_until(lambda: _at_least(created, after_reload + 20), 30, "20 creations after the reload")
+        texts = [await http_text(cluster.metrics_url(i) + "/metrics") for i in range(cluster.replicas)]
+        half_swaps = sum(_tls_reloads(t, "failed") for t in texts)
     finally:
         stop.set()
-        await asyncio.gather(*workers, return_exceptions=True)
+        ended = await asyncio.gather(*workers, return_exceptions=True)
     assert not failures, f"{len(failures)} pod creations failed across the rotation: {failures[:5]}"
+    assert not [e for e in ended if e is not None], f"a churn loop failed: {ended}"
     created_sorted = sorted(created)
     report(
         "serving cert rotated under churn",
@@ -453,6 +660,7 @@ async def test_serving_cert_rotated_under_pod_churn_fails_no_creation_and_is_rel
             "create_p50_seconds": round(created_sorted[len(created_sorted) // 2], 3),
             "create_max_seconds": round(created_sorted[-1], 3),
             "tls_reloads_ok_before": before,
+            "tls_reloads_failed": half_swaps,
         },
     )
 
