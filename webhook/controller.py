@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from webhook.state import Holder, QueueEntry, QueueStore, format_requested_at
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_STORE_BACKOFF = 2.0
 
 
 def escape(key: str) -> str:
@@ -82,6 +83,7 @@ class QueueController:
         self.last_rebuild = 0.0
         self.freed_at: dict[str, float] = {}  # pool -> monotonic time a slice was seen free
         self.next_due = float("inf")  # monotonic time a settling head becomes grantable
+        self.store_retry_at = 0.0  # monotonic time the store may be tried again after an outage
         self.events: asyncio.Queue[tuple[PodView, str, str, str]] = asyncio.Queue(maxsize=10_000)
         self.pod_informer = Informer(
             kube,
@@ -256,8 +258,15 @@ class QueueController:
             with metrics.RECONCILE_DURATION.time():
                 await self._rebuild(plans)
 
-    async def _store(self, op: str, call: Awaitable[T]) -> T | None:
-        """A store call that degrades: on an outage, log, mark the index for a rebuild, go on."""
+    async def _store(self, op: str, call: Coroutine[Any, Any, T]) -> T | None:
+        """A store call that degrades: on an outage, log, mark the index for a rebuild, go on.
+
+        After a failure the store is left alone for ``_STORE_BACKOFF`` seconds: a hung Redis costs
+        one timeout per backoff, never one per call, so grants do not queue up behind it.
+        """
+        if time.monotonic() < self.store_retry_at:
+            call.close()
+            return None
         try:
             return await call
         except StoreUnavailable as exc:
@@ -267,6 +276,7 @@ class QueueController:
                     extra={"ctx": {"op": op, "error": str(exc)}},
                 )
             self.store_dirty = True
+            self.store_retry_at = time.monotonic() + _STORE_BACKOFF
             return None
 
     async def _forget(self, gone: list[PodView], now: datetime) -> None:
@@ -277,11 +287,14 @@ class QueueController:
                 continue
             pool = self.config.pools[old.pool]
             if old.gated:
-                self.indexed.discard(old.key)
                 store = self.store
                 keep = 0 if old.removed else pool.keep_place_seconds
                 if store is not None:
+                    if old.key not in self.indexed and keep > 0:
+                        # Gone before this leader indexed it: index it now, so its place is kept.
+                        await self._store("enqueue", store.enqueue(old.pool, _entry(old), keep))
                     await self._store("remove", store.remove(old.pool, old.key, keep))
+                self.indexed.discard(old.key)
                 log.info(
                     "queued pod left",
                     extra={"ctx": {"pod": old.key, "user": old.user, "keep_place": pool.keep_place_seconds}},
@@ -477,7 +490,7 @@ class QueueController:
 
     async def _rebuild(self, plans: dict[str, PoolPlan]) -> None:
         store = self.store
-        if store is None:
+        if store is None or time.monotonic() < self.store_retry_at:
             return
         ok = True
         for name, pool_plan in plans.items():

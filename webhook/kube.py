@@ -73,6 +73,8 @@ class Kube:
         )
         try:
             data = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise KubeError(0, f"the API server's answer broke off: {exc.__class__.__name__}: {exc}") from exc
         finally:
             response.release()
         try:

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.timeout(240)
 
 # The API server gives the webhook 2 s (the chart's timeoutSeconds): admission must answer within it.
 WEBHOOK_TIMEOUT = 2.0
-# Long enough for the current controller to grant through its Redis timeouts (see the xfail below).
+# Long enough to span several controller passes and Redis timeouts.
 REDIS_PAUSE_SECONDS = 10.0
 
 
@@ -252,16 +252,6 @@ async def test_redis_paused_admission_answers_grants_continue_and_index_converge
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "controller bug: while Redis hangs, each pass awaits its store calls one by one to their "
-        "1 s timeout, before and between grants (one release per departed holder in _forget, an "
-        "enqueue in _index_new, a grant after each ungate): after N logouts the first grant waits "
-        "about N + 3 s, each further one 1 s more; lead to decide (skip the store while it is "
-        "known down, or take the store writes off the grant path)"
-    ),
-)
 async def test_redis_paused_a_storm_of_4_logouts_is_granted_within_2s(rig: Rig) -> None:
     """Grants come from the pods, so a hung Redis must not delay them: 4 holders leave at once
     while redis-server is stopped, and the next 4 in order hold their slices within 2 s."""
@@ -367,7 +357,7 @@ async def test_leader_sigkilled_in_a_grant_storm_no_double_grant_takeover_and_ke
     cluster, checker = rig.cluster, rig.checker
     holders = await rig.fill("lkh", 8)
     queued = await rig.enqueue("lkq", 12)
-    # Indexed first: a cancel the leader has not indexed yet keeps no place (the xfail below).
+    # Indexed first (the unindexed cancel has its own test below).
     await checker.converged(rig.target, rig.i3_within)
     cancelled = queued[10]
     first_stamp = checker.track(cancelled)
@@ -443,15 +433,6 @@ async def _webhooks_on(rig: Rig, i: int) -> None:
     await rig.logout(probes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "controller bug (I5): a queued pod that leaves before the leader indexed it gets no "
-        "tombstone: _forget calls store.remove, which keeps a place only for a key in the Redis "
-        "FIFO, so the user's place is lost although the departing pod carried its gate and "
-        "requested-at; lead to decide (tombstone from the pod's own requested-at)"
-    ),
-)
 async def test_place_kept_for_a_pod_cancelled_before_the_leader_indexed_it(rig: Rig) -> None:
     """The leader is frozen (SIGSTOP) while a user spawns and cancels, and another user spawns
     behind; after it thaws, the first user returns within keepPlaceSeconds and must get the old
