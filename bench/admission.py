@@ -49,7 +49,7 @@ GOAL_P99_MS = 10.0
 # --------------------------------------------------------------------------------- the request
 
 
-def kubespawner_pod(profile: str) -> dict[str, Any]:
+async def kubespawner_pod(profile: str) -> dict[str, Any]:
     """A single-user pod exactly as KubeSpawner builds it for the seed's profiles, with what a
     zero-to-jupyterhub hub adds (home volume, user scheduler, dedicated-node toleration)."""
     from webhook.spawnerpods import pod_manifest
@@ -62,7 +62,7 @@ def kubespawner_pod(profile: str) -> dict[str, Any]:
             {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}
         ],
     }
-    return asyncio.run(pod_manifest("alice", "gpu-enabled" if profile == "gpu" else "cpu-only", extra=extra))
+    return await pod_manifest("alice", "gpu-enabled" if profile == "gpu" else "cpu-only", extra=extra)
 
 
 def review_body(pod: dict[str, Any]) -> bytes:
@@ -304,7 +304,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from webhook.certs import make_ca, make_serving_cert, write_pair
     from webhook.config import load_config
 
-    body = review_body(kubespawner_pod(args.pod))
+    body = review_body(await kubespawner_pod(args.pod))
     # The ceiling answers with exactly what ours answers, so both move the same bytes.
     answer = mutate(parse_review(body), load_config(None, env={}), datetime.now(UTC)).to_json()
     results: dict[str, Any] = {

@@ -412,7 +412,7 @@ async def admission_figures(counts: list[int], certs: Path, args: argparse.Names
     """One server per worker count, all up at once (idle ones cost nothing); the measured phases
     alternate between them in rounds, so a change in background load hits every count alike."""
     ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    body = load.review_body(load.kubespawner_pod("gpu"))
+    body = load.review_body(await load.kubespawner_pod("gpu"))
     servers: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
     samples = {workers: load.Samples() for workers in counts}
     seen: dict[int, int] = {}
