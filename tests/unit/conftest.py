@@ -44,3 +44,17 @@ PodFactory = Callable[..., Awaitable[dict[str, Any]]]
 def spawner_pod() -> PodFactory:
     """``await spawner_pod(user, profile, server)``: a pod built by a real KubeSpawner."""
     return pod_manifest
+
+
+def minimal_pod(**spec: Any) -> dict[str, Any]:
+    """A valid pod with nothing the patch could lean on: no annotations, env, resources or gates."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "jupyter-x",
+            "namespace": "jhub",
+            "labels": {"component": "singleuser-server", "gpu-queue.io/profile": "gpu-enabled"},
+        },
+        "spec": {"containers": [{"name": "notebook", "image": "busybox"}], **spec},
+    }

@@ -11,7 +11,7 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 
-from tests.unit.conftest import PodFactory, review_of
+from tests.unit.conftest import PodFactory, minimal_pod, review_of
 from webhook.admission import BadReview, mutate, outcome, parse_review, validate
 from webhook.config import Config, load_config
 from webhook.quantity import parse_quantity
@@ -176,20 +176,6 @@ async def test_unknown_profile_policy_allow_leaves_the_pod_alone(spawner_pod: Po
     answer, patched = run_mutate(pod, config)
     assert answer.response is not None and answer.response.allowed and answer.response.patch is None
     assert patched == pod
-
-
-def minimal_pod(**spec: Any) -> dict[str, Any]:
-    """A valid pod with nothing the patch could lean on: no annotations, env, resources or gates."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "jupyter-x",
-            "namespace": "jhub",
-            "labels": {"component": "singleuser-server", "gpu-queue.io/profile": "gpu-enabled"},
-        },
-        "spec": {"containers": [{"name": "notebook", "image": "busybox"}], **spec},
-    }
 
 
 def test_patch_creates_missing_parents() -> None:

@@ -12,7 +12,6 @@ import gzip
 import hmac
 import logging
 import ssl
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import webhook.certs
 from tests.helpers.redis_server import free_port
+from tests.unit.conftest import minimal_pod
 from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook import server
 from webhook.api import create_api_app
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
 from webhook.logs import JsonFormatter
+from webhook.review import request_review
 
 READ = "sec-read-token-0a1b2c"
 READ_2 = "sec-read-token-two-3d4e"
@@ -46,24 +47,8 @@ AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 def review() -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "namespace": NS,
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:jhub:hub"},
-            "object": {
-                "metadata": {
-                    "name": "jupyter-alice",
-                    "labels": {"component": "singleuser-server", "gpu-queue.io/profile": "gpu-enabled"},
-                },
-                "spec": {"containers": [{"name": "notebook", "image": "x"}]},
-            },
-        },
-    }
+    """A GPU pod's AdmissionReview, as the API server sends it."""
+    return request_review(minimal_pod())
 
 
 def _api_config() -> Config:

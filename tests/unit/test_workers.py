@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ import aiohttp
 import pytest
 
 from tests.helpers.redis_server import free_port
+from tests.unit.conftest import minimal_pod
 from webhook.certs import make_ca, make_serving_cert, write_pair
+from webhook.review import request_review
 from webhook.server import WORKER_HEADER
 
 TOKEN = "workers-read-token-3e1f"
@@ -36,24 +37,8 @@ STARTUP_SECONDS = 30.0
 
 
 def review() -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "namespace": "jhub",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:jhub:hub"},
-            "object": {
-                "metadata": {
-                    "name": "jupyter-alice",
-                    "labels": {"component": "singleuser-server", "gpu-queue.io/profile": "gpu-enabled"},
-                },
-                "spec": {"containers": [{"name": "notebook", "image": "x"}]},
-            },
-        },
-    }
+    """A GPU pod's AdmissionReview, as the API server sends it."""
+    return request_review(minimal_pod())
 
 
 def parent_of(pid: int) -> int:
