@@ -31,7 +31,7 @@ from webhook.state import Holder, QueueEntry, QueueStore, format_requested_at
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_STORE_BACKOFF = 2.0
+_STORE_BACKOFF = 1.0
 
 
 def escape(key: str) -> str:
@@ -237,6 +237,8 @@ class QueueController:
         period = self.config.controller.reconcile_seconds
         if self.elector.is_leader():
             due, self.next_due = self.next_due - time.monotonic(), float("inf")
+            if self.store_dirty and self.store_retry_at > time.monotonic():
+                due = min(due, self.store_retry_at - time.monotonic())  # rebuild as soon as allowed
             return max(0.01, min(period, self.config.controller.event_min_interval_seconds or period, 5.0, due))
         return min(period, self.elector.retry)
 
