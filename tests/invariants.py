@@ -117,11 +117,7 @@ async def delete_pods(kube: Kube, namespace: str, names: Iterable[str], concurre
 
     async def one(name: str) -> None:
         async with limit:
-            try:
-                await kube.delete(f"/api/v1/namespaces/{namespace}/pods/{name}", grace_seconds=0)
-            except KubeError as exc:
-                if exc.status != 404:
-                    raise
+            await kube.delete_if_present(f"/api/v1/namespaces/{namespace}/pods/{name}", grace_seconds=0)
 
     await asyncio.gather(*(one(n) for n in names))
 

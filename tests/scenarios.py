@@ -56,11 +56,7 @@ class Target:
 
     async def logout(self, name: str) -> None:
         """What the hub does on logout or cull: delete the pod (grace 0 so kwok needs no kubelet)."""
-        try:
-            await self.kube.delete(pod_path(self.namespace, name), grace_seconds=0)
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        await self.kube.delete_if_present(pod_path(self.namespace, name), grace_seconds=0)
 
     async def pods(self) -> dict[str, dict[str, Any]]:
         listing = await self.kube.request(
@@ -71,12 +67,7 @@ class Target:
         }
 
     async def pod(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.kube.request("GET", pod_path(self.namespace, name))
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self.kube.get_if_present(pod_path(self.namespace, name))
 
     async def events(self, name: str) -> list[str]:
         listing = await self.kube.request(

@@ -165,13 +165,7 @@ class QueueController:
             log.warning(
                 "could not mark the pod as removed", extra={"ctx": {"pod": f"{namespace}/{name}", "error": str(exc)}}
             )
-        try:
-            await self.kube.delete(pod_path(namespace, name))
-        except KubeError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self.kube.delete_if_present(pod_path(namespace, name))
 
     async def set_requested_at(self, namespace: str, name: str, when: datetime) -> None:
         path = f"/metadata/annotations/{escape(self.config.requested_at_annotation)}"

@@ -499,10 +499,9 @@ class Story:
         """What the hub does on logout or cull: delete the pod (grace 0: kwok has no kubelet)."""
         name = self.pod_of[user]
         try:
-            await self.kube.delete(pod_path(self.namespace, name), grace_seconds=0)
+            await self.kube.delete_if_present(pod_path(self.namespace, name), grace_seconds=0)
         except KubeError as exc:
-            if exc.status != 404:
-                raise StoryFailed(f"deleting {user}'s pod {name} failed: {exc.status} {exc.reason}") from None
+            raise StoryFailed(f"deleting {user}'s pod {name} failed: {exc.status} {exc.reason}") from None
         self.logged_out[name] = (user, GPU_PROFILE)
 
     # ------------------------------------------------------------------ reading
@@ -527,12 +526,7 @@ class Story:
         return {_name(p): p for p in items if not p["metadata"].get("deletionTimestamp")}
 
     async def pod(self, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.kube.request("GET", pod_path(self.namespace, name))
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return await self.kube.get_if_present(pod_path(self.namespace, name))
 
     async def events(self, name: str) -> list[dict[str, Any]]:
         """Every Event of the pod, oldest first: what KubeSpawner's progress shows."""

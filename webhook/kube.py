@@ -142,6 +142,25 @@ class Kube:
             body["gracePeriodSeconds"] = grace_seconds  # type: ignore[assignment]
         return await self.request("DELETE", path, body=body)
 
+    async def delete_if_present(self, path: str, grace_seconds: int | None = None) -> bool:
+        """Delete; False when it was already gone (404), any other failure raises KubeError."""
+        try:
+            await self.delete(path, grace_seconds)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def get_if_present(self, path: str) -> Obj | None:
+        """GET; None when the object does not exist (404)."""
+        try:
+            return await self.request("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
 
 def pod_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/pods/{name}"
