@@ -10,8 +10,8 @@ setup:
 	scripts/setup.sh
 
 lint: setup
-	$(BIN)/ruff check webhook tests bench
-	$(BIN)/mypy webhook
+	$(BIN)/ruff check webhook gpu_queue_dev tests bench
+	$(BIN)/mypy webhook gpu_queue_dev
 
 test: lint
 	$(BIN)/pytest -q -ra

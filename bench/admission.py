@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
+
 import aiohttp
 
 GOAL_RATIO = 0.5
@@ -52,7 +54,7 @@ GOAL_P99_MS = 10.0
 async def kubespawner_pod(profile: str) -> dict[str, Any]:
     """A single-user pod exactly as KubeSpawner builds it for the seed's profiles, with what a
     zero-to-jupyterhub hub adds (home volume, user scheduler, dedicated-node toleration)."""
-    from webhook.spawnerpods import pod_manifest
+    from gpu_queue_dev.spawnerpods import pod_manifest
 
     extra = {
         "volumes": [{"name": "volume-alice", "persistentVolumeClaim": {"claimName": "claim-alice"}}],
@@ -66,7 +68,7 @@ async def kubespawner_pod(profile: str) -> dict[str, Any]:
 
 
 def review_body(pod: dict[str, Any]) -> bytes:
-    from webhook.review import request_review
+    from tests.helpers.reviews import request_review
 
     return json.dumps(request_review(pod)).encode()
 

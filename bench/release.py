@@ -23,9 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from webhook.devcluster import DevCluster, missing_cluster_tools
+from gpu_queue_dev.cluster import DevCluster, missing_cluster_tools
+from gpu_queue_dev.spawnerpods import pod_manifest
 from webhook.kube import Kube, KubeError, load_client, pod_path
-from webhook.spawnerpods import pod_manifest
 
 GATE = "gpu-queue.io/slice"
 

@@ -57,6 +57,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench import admission as load  # noqa: E402
+from gpu_queue_dev.spawnerpods import pod_manifest  # noqa: E402
 from tests.helpers.redis_server import RedisServer, find_redis_server, free_port  # noqa: E402
 from webhook.admission import mutate, parse_review  # noqa: E402
 from webhook.api import create_api_app  # noqa: E402
@@ -65,7 +66,6 @@ from webhook.controller import QueueController  # noqa: E402
 from webhook.kube import Kube  # noqa: E402
 from webhook.queue import RedisQueueStore  # noqa: E402
 from webhook.server import WORKER_HEADER  # noqa: E402
-from webhook.spawnerpods import pod_manifest  # noqa: E402
 from webhook.state import QueueEntry, format_requested_at  # noqa: E402
 
 NOW = datetime.now(UTC)

@@ -38,11 +38,11 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpu_queue_dev.cluster import DevCluster
+from gpu_queue_dev.cluster.kube import client_ssl_context
+from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.scenarios import ADMITTED_AT, GATE, REQUESTED_AT, Target
-from webhook.devcluster import DevCluster
-from webhook.devcluster.kube import client_ssl_context
 from webhook.kube import Kube, KubeError
-from webhook.spawnerpods import pod_manifest
 from webhook.state import parse_requested_at
 
 POOL_ANNOTATION = "gpu-queue.io/pool"

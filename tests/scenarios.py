@@ -2,7 +2,7 @@
 the local control plane (``tests/cluster``) and kind (``tests/e2e``).
 
 A Target is an admin connection to a cluster where gpu-queue runs: the hub namespace, the fake GPU
-node, the queue API. Pods are built by a real KubeSpawner (``webhook.spawnerpods``) and created the
+node, the queue API. Pods are built by a real KubeSpawner (``gpu_queue_dev.spawnerpods``) and created the
 way the hub creates them. Every wait is a poll with a deadline; every assertion names what broke.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 
+from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.cluster import wait_for
 from webhook.kube import Kube, KubeError, pod_path
-from webhook.spawnerpods import pod_manifest
 from webhook.state import parse_requested_at
 
 GATE = "gpu-queue.io/slice"

@@ -12,6 +12,18 @@ from collections.abc import Callable, Sequence
 
 Runner = Callable[[argparse.Namespace], int]
 
+# Subcommands that live in the development package (``gpu_queue_dev``), not in the product: the
+# image does not carry them, so ``gpu-queue`` hands them over when that package is installed and
+# says how to get it when it is not.
+_DEV_COMMANDS = {
+    "dev": "a local control plane with fake GPU nodes (no Docker)",
+    "demo": "play the seed story on a local dev cluster",
+}
+_NO_DEV_PACKAGE = (
+    "error: `gpu-queue {command}` is development tooling and is not installed here.\n"
+    "From a checkout of the repository: pip install -e '.[dev]'   (or run: make {make_target})"
+)
+
 
 def _lazy(target: str) -> Runner:
     """``module:function`` resolved at call time."""
@@ -114,45 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     q_mv.add_argument("--reason", default="", help="logged with the edit")
     q_mv.set_defaults(run=_lazy("webhook.admin:run_queue_move"))
 
-    dev = sub.add_parser("dev", help="a local control plane with fake GPU nodes (no Docker)")
-    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
-    for action, helptext in (
-        ("up", "start etcd, kube-apiserver, kube-scheduler, kwok, redis and the service"),
-        ("down", "stop every process `dev up` started"),
-        ("status", "show the dev cluster's processes and addresses"),
-    ):
-        p = dev_sub.add_parser(action, help=helptext)
-        p.add_argument(
-            "--state-dir",
-            default=os.environ.get("GPU_QUEUE_DEV_DIR", os.path.expanduser("~/.local/state/gpu-queue/dev")),
-            help="where kubeconfig, tokens, certs and logs go (env GPU_QUEUE_DEV_DIR)",
-        )
-        if action == "up":
-            p.add_argument("--slices", type=int, default=8, help="nvidia.com/gpu on the fake GPU node")
-            p.add_argument("--replicas", type=int, default=1, help="service replicas")
-            p.add_argument("--config", default=None, help="service config file (default: the seed)")
-        p.set_defaults(run=_lazy(f"webhook.dev:run_{action}"))
-
-    demo = sub.add_parser("demo", help="play the seed story on a local dev cluster")
-    demo.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
-    demo.add_argument("--slices", type=int, default=8)
-    demo.add_argument(
-        "--pace",
-        type=float,
-        default=1.0,
-        metavar="SECONDS",
-        help="pause between story steps so a person can follow (0: no pauses)",
-    )
-    demo.add_argument(
-        "--state-dir",
-        default=os.environ.get("GPU_QUEUE_DEV_DIR", os.path.expanduser("~/.local/state/gpu-queue/dev")),
-    )
-    demo.set_defaults(run=_lazy("webhook.demo:run_demo"))
+    for name, helptext in _DEV_COMMANDS.items():
+        sub.add_parser(name, help=f"{helptext} (development tooling: needs the dev extra)", add_help=False)
     return parser
 
 
+def _run_dev_command(argv: list[str]) -> int:
+    try:
+        from gpu_queue_dev.cli import main as dev_main
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("gpu_queue_dev"):
+            raise
+        target = "demo" if argv[0] == "demo" else "setup"
+        print(_NO_DEV_PACKAGE.format(command=argv[0], make_target=target), file=sys.stderr)
+        return 2
+    return dev_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _DEV_COMMANDS:
+        return _run_dev_command(args_list)
+    args = build_parser().parse_args(args_list)
     run: Runner = args.run
     try:
         return run(args)

@@ -105,37 +105,3 @@ def answer(
     if not allowed:
         response.status = Status(code=code, message=message, reason=reason)
     return AdmissionReview(api_version=API_VERSION, kind="AdmissionReview", response=response)
-
-
-def request_review(
-    pod: Any,
-    *,
-    operation: str = "CREATE",
-    old: Any = None,
-    username: str = "system:serviceaccount:jhub:hub",
-    uid: str | None = None,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """The AdmissionReview the API server sends for a pod, as JSON: for the demo, the benchmarks
-    and the tests (one shape everywhere; the hub's service account by default)."""
-    import uuid
-
-    meta = pod.get("metadata") if isinstance(pod, dict) else None
-    meta = meta if isinstance(meta, dict) else {}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid or str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "name": str(meta.get("name", "")),
-            "namespace": str(meta.get("namespace", "jhub")),
-            "operation": operation,
-            "userInfo": {"username": username, "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": pod,
-            "oldObject": old,
-            "dryRun": dry_run,
-        },
-    }

@@ -16,10 +16,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.chart import NAMESPACE, HelmError, find, helm_path, is_hook, lint_chart, one, render_chart
 from webhook.cli import build_parser
 from webhook.config import Config, load_config
-from webhook.spawnerpods import pod_manifest
 
 pytestmark = pytest.mark.skipif(
     helm_path() is None, reason="helm not found: tools/build.sh builds it into the tools cache (CI does)"

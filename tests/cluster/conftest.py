@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster
 from tests.helpers.cluster import cluster_session, reset_cluster
 from tests.scenarios import Target
-from webhook.devcluster import DevCluster
 from webhook.kube import Kube, load_client
 
 _HERE = Path(__file__).resolve().parent

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster, KubeError
 from tests.helpers.chart import CHART_DIR, helm_path
 from tests.helpers.cluster import run_sync
-from webhook.devcluster import DevCluster, KubeError
 
 pytestmark = pytest.mark.timeout(240)
 

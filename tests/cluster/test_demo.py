@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from gpu_queue_dev.cluster.procs import group_members, pid_matches, proc_start_time
+from gpu_queue_dev.cluster.state import DevState, ProcessState, load_state, save_state
+from gpu_queue_dev.demo import GPU_USERS, NINTH_USER, Screen, cast_for
 from tests.helpers.cluster import require_cluster_tools
-from webhook.demo import GPU_USERS, NINTH_USER, Screen, cast_for
-from webhook.devcluster.procs import group_members, pid_matches, proc_start_time
-from webhook.devcluster.state import DevState, ProcessState, load_state, save_state
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster, KubeError
+from gpu_queue_dev.cluster.procs import group_members
+from gpu_queue_dev.cluster.state import load_state
+from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.cluster import wait_for
-from webhook.devcluster import DevCluster, KubeError
-from webhook.devcluster.procs import group_members
-from webhook.devcluster.state import load_state
 from webhook.quantity import parse_quantity, same_quantity
-from webhook.spawnerpods import pod_manifest
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -370,7 +370,7 @@ def test_dev_up_names_missing_tools(tmp_path: Path) -> None:
 
 def test_stop_is_idempotent_and_signals_groups(tmp_path: Path) -> None:
     """stop() SIGTERMs the process group and reaps the child; a second stop finds nothing to do."""
-    from webhook.devcluster.procs import ManagedProcess
+    from gpu_queue_dev.cluster.procs import ManagedProcess
 
     proc = ManagedProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "s.log")
     proc.start()

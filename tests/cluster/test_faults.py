@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gpu_queue_dev.cluster import DevCluster
 from tests.invariants import (
     InvariantChecker,
     PodFactory,
@@ -40,7 +41,6 @@ from tests.invariants import (
 )
 from tests.scenarios import Target, gated
 from webhook.certs import CertPair, make_serving_cert
-from webhook.devcluster import DevCluster
 from webhook.kube import Kube, load_client
 
 pytestmark = pytest.mark.timeout(240)

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster
+from gpu_queue_dev.spawnerpods import new_spawner
 from tests import scenarios
 from tests.scenarios import Target
-from webhook.devcluster import DevCluster
-from webhook.spawnerpods import new_spawner
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster
 from tests.invariants import (
     Buckets,
     InvariantChecker,
@@ -32,7 +33,6 @@ from tests.invariants import (
     quantile,
 )
 from tests.scenarios import gated
-from webhook.devcluster import DevCluster
 from webhook.kube import Kube, KubeError, load_client
 from webhook.quantity import parse_quantity
 

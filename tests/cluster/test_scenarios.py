@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from gpu_queue_dev.cluster import DevCluster
 from tests import scenarios
 from tests.scenarios import Target, gated, holders_and_queue, wait_for
-from webhook.devcluster import DevCluster
 from webhook.kube import KubeError
 
 pytestmark = pytest.mark.timeout(240)

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from webhook.toolpath import find_tool
+from gpu_queue_dev.tools import find_tool
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "gpu-queue"
 RELEASE = "gpu-queue"

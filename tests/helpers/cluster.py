@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from webhook.devcluster import DevCluster, DevClusterError, missing_cluster_tools
+from gpu_queue_dev.cluster import DevCluster, DevClusterError, missing_cluster_tools
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from gpu_queue_dev.spawnerpods import pod_manifest
+from tests.helpers.reviews import request_review
 from webhook.config import Config, load_config
-from webhook.review import request_review
-from webhook.spawnerpods import pod_manifest
 
 
 @pytest.fixture

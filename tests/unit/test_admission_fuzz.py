@@ -34,12 +34,12 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpu_queue_dev.spawnerpods import pod_manifest
+from tests.helpers.reviews import request_review
 from webhook import server
 from webhook.admission import mutate
 from webhook.config import Config, load_config
 from webhook.profiles import annotations_of, has_gate
-from webhook.review import request_review
-from webhook.spawnerpods import pod_manifest
 
 LIMIT = 256 * 1024  # server.maxBodyBytes for these tests: big enough for real pods, cheap to exceed
 SERVICE_ACCOUNT = "system:serviceaccount:gpu-queue:gpu-queue"

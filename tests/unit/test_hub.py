@@ -30,6 +30,7 @@ from tornado import web as tornado_web
 from traitlets.config import Config
 
 import webhook.hub
+from gpu_queue_dev.spawnerpods import PROFILE_LIST
 from webhook.certs import make_ca, make_serving_cert
 from webhook.config import load_config
 from webhook.hub import (
@@ -41,7 +42,6 @@ from webhook.hub import (
     queue_message,
 )
 from webhook.quantity import parse_quantity
-from webhook.spawnerpods import PROFILE_LIST
 
 NAMESPACE = "jhub"
 TOKEN = "s3cret-read-token-never-logged"

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import webhook.certs
 from tests.helpers.redis_server import free_port
+from tests.helpers.reviews import request_review
 from tests.unit.conftest import minimal_pod
 from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook import server
@@ -32,7 +33,6 @@ from webhook.api import create_api_app
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
 from webhook.logs import JsonFormatter
-from webhook.review import request_review
 
 READ = "sec-read-token-0a1b2c"
 READ_2 = "sec-read-token-two-3d4e"

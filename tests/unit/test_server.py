@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from tests.helpers.reviews import request_review
 from webhook import metrics, server
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
-from webhook.review import request_review
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[..., Awaitable[Client]]

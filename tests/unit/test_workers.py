@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 
 from tests.helpers.redis_server import free_port
+from tests.helpers.reviews import request_review
 from tests.unit.conftest import minimal_pod
 from webhook.certs import make_ca, make_serving_cert, write_pair
-from webhook.review import request_review
 from webhook.server import WORKER_HEADER
 
 TOKEN = "workers-read-token-3e1f"

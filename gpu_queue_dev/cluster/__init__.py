@@ -1,7 +1,7 @@
 """A local Kubernetes control plane with fake GPU nodes, Redis and the service, for ``gpu-queue dev``
-and the cluster test tier. See ``webhook.devcluster.cluster``."""
+and the cluster test tier. See ``gpu_queue_dev.cluster.cluster``."""
 
-from webhook.devcluster.cluster import (
+from gpu_queue_dev.cluster.cluster import (
     CLUSTER_TOOLS,
     CPU_NODE,
     GPU_NODE,
@@ -10,9 +10,9 @@ from webhook.devcluster.cluster import (
     DevCluster,
     missing_cluster_tools,
 )
-from webhook.devcluster.kube import KubeClient, KubeError
-from webhook.devcluster.procs import DevClusterError
-from webhook.devcluster.state import DevState
+from gpu_queue_dev.cluster.kube import KubeClient, KubeError
+from gpu_queue_dev.cluster.procs import DevClusterError
+from gpu_queue_dev.cluster.state import DevState
 
 __all__ = [
     "CLUSTER_TOOLS",

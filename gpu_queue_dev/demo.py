@@ -33,14 +33,14 @@ import aiohttp
 from pydantic import ValidationError
 from yarl import URL
 
+from gpu_queue_dev.cluster import DevCluster, DevClusterError, missing_cluster_tools
+from gpu_queue_dev.cluster.procs import pid_matches
+from gpu_queue_dev.cluster.state import load_state
+from gpu_queue_dev.spawnerpods import PROFILE_LIST
 from webhook.admin import format_duration, render_table
 from webhook.api import API_PREFIX, QueueListing
 from webhook.config import Config
-from webhook.devcluster import DevCluster, DevClusterError, missing_cluster_tools
-from webhook.devcluster.procs import pid_matches
-from webhook.devcluster.state import load_state
 from webhook.kube import Kube, KubeError, load_client, pod_path
-from webhook.spawnerpods import PROFILE_LIST
 from webhook.state import parse_requested_at
 
 T = TypeVar("T")
@@ -482,7 +482,7 @@ class Story:
 
     async def spawn(self, user: str, profile: str) -> dict[str, Any]:
         """Create the pod KubeSpawner builds for ``user``'s default server, as the hub does."""
-        from webhook.spawnerpods import pod_manifest  # needs the hub extra; checked before start
+        from gpu_queue_dev.spawnerpods import pod_manifest  # needs the hub extra; checked before start
 
         pod = await pod_manifest(user, profile, "", namespace=self.namespace)
         name = _name(pod)

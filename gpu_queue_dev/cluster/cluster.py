@@ -34,11 +34,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import webhook
-from webhook.certs import CertPair, make_ca, make_client_cert, make_serving_cert
-from webhook.config import Config, default_config_text, load_config
-from webhook.devcluster import manifests
-from webhook.devcluster.kube import KubeClient, KubeError, client_ssl_context
-from webhook.devcluster.procs import (
+from gpu_queue_dev.cluster import manifests
+from gpu_queue_dev.cluster.kube import KubeClient, KubeError, client_ssl_context
+from gpu_queue_dev.cluster.procs import (
     POLL_SECONDS,
     DevClusterError,
     ManagedProcess,
@@ -46,8 +44,10 @@ from webhook.devcluster.procs import (
     pid_matches,
     stop_groups,
 )
-from webhook.devcluster.state import DevState, ProcessState, ServiceState, load_state, save_state
-from webhook.toolpath import find_tool
+from gpu_queue_dev.cluster.state import DevState, ProcessState, ServiceState, load_state, save_state
+from gpu_queue_dev.tools import find_tool
+from webhook.certs import CertPair, make_ca, make_client_cert, make_serving_cert
+from webhook.config import Config, default_config_text, load_config
 
 # The binaries a dev cluster runs (helm is for the chart tests, not needed here).
 CLUSTER_TOOLS = ("etcd", "kube-apiserver", "kube-scheduler", "kwok", "redis-server")

@@ -11,8 +11,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from webhook.devcluster import DevCluster, DevClusterError, DevState, missing_cluster_tools
-from webhook.devcluster.procs import pid_matches
+from gpu_queue_dev.cluster import DevCluster, DevClusterError, DevState, missing_cluster_tools
+from gpu_queue_dev.cluster.procs import pid_matches
 
 
 def _err(message: str) -> None:
