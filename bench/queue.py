@@ -44,10 +44,10 @@ from typing import Any  # noqa: E402
 
 from redis.asyncio import Redis  # noqa: E402
 
-import webhook.queue  # noqa: E402
+import webhook.redis_store  # noqa: E402
 from tests.helpers.redis_server import RedisServer, find_redis_server  # noqa: E402
-from webhook.queue import RedisQueueStore  # noqa: E402
-from webhook.state import Holder, QueueEntry  # noqa: E402
+from webhook.models import Holder, QueueEntry  # noqa: E402
+from webhook.redis_store import RedisQueueStore  # noqa: E402
 
 T0 = datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)
 PREFIX = "bench"
@@ -114,7 +114,7 @@ async def _visit(store: RedisQueueStore, pool: _Pool, rng: random.Random) -> Non
 
 def _server_times(log: list[dict[str, Any]], pools: list[_Pool]) -> dict[str, dict[str, dict[str, float]]]:
     """Redis's own execution time per size and op, from SLOWLOG entries ``EVALSHA sha n key...``."""
-    shas = {_sha(getattr(webhook.queue, name)): op for name, op in _SCRIPTS.items()}
+    shas = {_sha(getattr(webhook.redis_store, name)): op for name, op in _SCRIPTS.items()}
     by_tag = {f"{{{PREFIX}:{p.name}}}": str(p.size) for p in pools}
     found: dict[str, dict[str, list[float]]] = {str(p.size): {op: [] for op in OPS} for p in pools}
     for item in log:

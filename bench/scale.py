@@ -64,9 +64,10 @@ from webhook.api import create_api_app  # noqa: E402
 from webhook.config import Config, load_config  # noqa: E402
 from webhook.controller import QueueController  # noqa: E402
 from webhook.kube import Kube  # noqa: E402
-from webhook.queue import RedisQueueStore  # noqa: E402
+from webhook.models import QueueEntry  # noqa: E402
+from webhook.pods import format_time  # noqa: E402
+from webhook.redis_store import RedisQueueStore  # noqa: E402
 from webhook.server import WORKER_HEADER  # noqa: E402
-from webhook.state import QueueEntry, format_requested_at  # noqa: E402
 
 NOW = datetime.now(UTC)
 NS = "jhub"
@@ -190,7 +191,7 @@ class Cluster:
             created = NOW - timedelta(hours=2, seconds=i)
             pod = self._admitted(self._user(self.gpu, f"h{i:06d}", created), created)
             pod["spec"].pop("schedulingGates")
-            pod["metadata"]["annotations"][self.config.admitted_at_annotation] = format_requested_at(NOW)
+            pod["metadata"]["annotations"][self.config.admitted_at_annotation] = format_time(NOW)
             pods.append(self._running(pod, f"gpu-node-{i // 8}", created))
         for i in range(finished):
             created = NOW - timedelta(hours=3, seconds=i)

@@ -41,7 +41,7 @@ from webhook.admin import format_duration, render_table
 from webhook.api import API_PREFIX, QueueListing
 from webhook.config import Config
 from webhook.kube import Kube, KubeError, load_client, pod_path
-from webhook.state import parse_requested_at
+from webhook.pods import parse_time
 
 T = TypeVar("T")
 
@@ -192,7 +192,7 @@ def _node(pod: dict[str, Any]) -> str:
 
 
 def _stamp(text: str | None) -> datetime | None:
-    return parse_requested_at(text) if text else None
+    return parse_time(text) if text else None
 
 
 def _spawn_page_line(event: dict[str, Any]) -> str:

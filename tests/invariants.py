@@ -43,7 +43,7 @@ from gpu_queue_dev.cluster.kube import client_ssl_context
 from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.scenarios import ADMITTED_AT, GATE, REQUESTED_AT, Target
 from webhook.kube import Kube, KubeError
-from webhook.state import parse_requested_at
+from webhook.pods import parse_time
 
 POOL_ANNOTATION = "gpu-queue.io/pool"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -139,7 +139,7 @@ def _deleting(pod: Mapping[str, Any]) -> bool:
 
 def _stamp(pod: Mapping[str, Any], annotation: str) -> datetime | None:
     text = _annotations(pod).get(annotation)
-    return parse_requested_at(text) if text else None
+    return parse_time(text) if text else None
 
 
 def _gpu_limit(pod: Mapping[str, Any]) -> int:

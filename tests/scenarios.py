@@ -22,7 +22,7 @@ import aiohttp
 from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.cluster import wait_for
 from webhook.kube import Kube, KubeError, pod_path
-from webhook.state import parse_requested_at
+from webhook.pods import parse_time
 
 GATE = "gpu-queue.io/slice"
 REQUESTED_AT = "gpu-queue.io/requested-at"
@@ -97,14 +97,14 @@ def gated(pod: dict[str, Any]) -> bool:
 
 
 def requested_at(pod: dict[str, Any]) -> datetime:
-    stamp = parse_requested_at(pod["metadata"]["annotations"][REQUESTED_AT])
+    stamp = parse_time(pod["metadata"]["annotations"][REQUESTED_AT])
     assert stamp is not None
     return stamp
 
 
 def admitted_at(pod: dict[str, Any]) -> datetime | None:
     text = (pod["metadata"].get("annotations") or {}).get(ADMITTED_AT)
-    return parse_requested_at(text) if text else None
+    return parse_time(text) if text else None
 
 
 def running(pod: dict[str, Any]) -> bool:

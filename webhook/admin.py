@@ -27,7 +27,7 @@ from yarl import URL
 
 from webhook.api import API_PREFIX, EditResult, PoolList, QueueListing
 from webhook.eta import format_eta
-from webhook.state import PoolStatus, Position, PositionState
+from webhook.models import PoolStatus, Position, PositionState
 
 TIMEOUT_SECONDS: Final = 10.0
 AUTH_ADVICE: Final = "pass --token or set GPU_QUEUE_TOKEN"

@@ -14,19 +14,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from webhook.config import Config, Profile
-from webhook.profiles import (
-    Resolution,
+from webhook.pods import (
     annotations_of,
-    choose_profile,
     containers_of,
+    format_time,
     has_gate,
     is_singleuser,
     labels_of,
+    parse_time,
+    pointer,
     scheduling_gates,
 )
+from webhook.profiles import Resolution, choose_profile
 from webhook.quantity import QuantityError, parse_quantity, same_quantity
 from webhook.review import AdmissionRequest, AdmissionReview, answer
-from webhook.state import format_requested_at, parse_requested_at
 
 Patch = list[dict[str, Any]]
 
@@ -93,11 +94,6 @@ def notebook_index(containers: list[dict[str, Any]], config: Config) -> int | No
     if index is None and len(containers) == 1:
         return 0
     return index
-
-
-def escape(key: str) -> str:
-    """A JSON pointer token (RFC 6901): ``~`` -> ``~0``, ``/`` -> ``~1``."""
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _request(review: AdmissionReview) -> AdmissionRequest:
@@ -175,7 +171,7 @@ def _label_patch(pod: dict[str, Any], label: str, value: str) -> Patch:
         return [{"op": "add", "path": "/metadata", "value": {"labels": {label: value}}}]
     if not isinstance(meta.get("labels"), dict):
         return [{"op": "add", "path": "/metadata/labels", "value": {label: value}}]
-    return [{"op": "add", "path": f"/metadata/labels/{escape(label)}", "value": value}]
+    return [{"op": "add", "path": f"/metadata/labels/{pointer(label)}", "value": value}]
 
 
 def _resources_patch(
@@ -274,14 +270,14 @@ def _ungate_patch(pod: dict[str, Any], config: Config) -> Patch:
     for position in reversed([j for j, g in enumerate(gates) if g == config.gate_name]):
         patch.append({"op": "remove", "path": f"/spec/schedulingGates/{position}"})
     if config.pool_annotation in annotations_of(pod):
-        patch.append({"op": "remove", "path": f"/metadata/annotations/{escape(config.pool_annotation)}"})
+        patch.append({"op": "remove", "path": f"/metadata/annotations/{pointer(config.pool_annotation)}"})
     return patch
 
 
 def _annotations_patch(pod: dict[str, Any], config: Config, pool: str, now: datetime, warnings: list[str]) -> Patch:
     annotations = annotations_of(pod)
     stamp = annotations.get(config.requested_at_annotation)
-    when = parse_requested_at(stamp) if stamp is not None else None
+    when = parse_time(stamp) if stamp is not None else None
     trusted = when is not None and (
         now - timedelta(seconds=config.admission.requested_at_trust_seconds) <= when <= now + _FUTURE_SKEW
     )
@@ -293,7 +289,7 @@ def _annotations_patch(pod: dict[str, Any], config: Config, pool: str, now: date
             warnings.append(
                 f"gpu-queue: replaced {config.requested_at_annotation}={stamp!r}: the queue stamps arrival itself"
             )
-        wanted[config.requested_at_annotation] = format_requested_at(now)
+        wanted[config.requested_at_annotation] = format_time(now)
     if not wanted:
         return []
     meta = pod.get("metadata")
@@ -301,7 +297,7 @@ def _annotations_patch(pod: dict[str, Any], config: Config, pool: str, now: date
         return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
     if not isinstance(meta.get("annotations"), dict):
         return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
-    return [{"op": "add", "path": f"/metadata/annotations/{escape(k)}", "value": v} for k, v in wanted.items()]
+    return [{"op": "add", "path": f"/metadata/annotations/{pointer(k)}", "value": v} for k, v in wanted.items()]
 
 
 # ------------------------------------------------------------------------------------- validate

@@ -29,18 +29,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from webhook.config import Config, Pool
 from webhook.eta import estimate
-from webhook.queue import StoreUnavailable
-from webhook.state import (
-    ClusterView,
-    Eta,
-    Holder,
-    PoolStatus,
-    Position,
-    PositionState,
-    QueueEntry,
-    QueueStore,
-    pod_key,
-)
+from webhook.models import Eta, Holder, PoolStatus, Position, PositionState, QueueEntry, pod_key
+from webhook.protocols import ClusterView, QueueStore, StoreUnavailable
 
 log = logging.getLogger("webhook.api")
 
@@ -70,7 +60,7 @@ def _utcnow() -> datetime:
 
 
 class _Answer(BaseModel):
-    """camelCase on the wire like ``webhook.state``'s models, so every answer reads alike."""
+    """camelCase on the wire like ``webhook.models``'s models, so every answer reads alike."""
 
     model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
 

@@ -21,21 +21,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from webhook import metrics
+from webhook.cluster_view import NodeView, PodView, node_view, pod_view
 from webhook.config import Config, Pool, StuckPolicy
 from webhook.election import LeaderElector
 from webhook.eta import estimate, format_eta
-from webhook.grants import NodeView, PodView, PoolPlan, node_view, plan, pod_view
+from webhook.grants import PoolPlan, plan
 from webhook.kube import Informer, Kube, KubeError, Obj, obj_key, pod_path, retry_on_conflict
-from webhook.queue import StoreUnavailable
-from webhook.state import Holder, QueueEntry, QueueStore, format_requested_at
+from webhook.models import Holder, QueueEntry
+from webhook.pods import format_time, pointer
+from webhook.protocols import QueueStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _STORE_BACKOFF = 1.0
-
-
-def escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def human(seconds: float) -> str:
@@ -54,12 +52,8 @@ def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _event_time(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class QueueController:
-    """Watches, decides, writes. Implements ``webhook.state.ClusterView`` for the API."""
+    """Watches, decides, writes. Implements ``webhook.protocols.ClusterView`` for the API."""
 
     def __init__(self, config: Config, kube: Kube, store: QueueStore | None, *, identity: str | None = None) -> None:
         self.config = config
@@ -156,7 +150,7 @@ class QueueController:
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod an admin removed; mark it first, so its place is not kept (I5 is for users)."""
-        marker = f"/metadata/annotations/{escape(self.config.removed_annotation)}"
+        marker = f"/metadata/annotations/{pointer(self.config.removed_annotation)}"
         try:
             await self.kube.patch_json(pod_path(namespace, name), [{"op": "add", "path": marker, "value": "admin"}])
         except KubeError as exc:
@@ -168,10 +162,8 @@ class QueueController:
         return await self.kube.delete_if_present(pod_path(namespace, name))
 
     async def set_requested_at(self, namespace: str, name: str, when: datetime) -> None:
-        path = f"/metadata/annotations/{escape(self.config.requested_at_annotation)}"
-        await self.kube.patch_json(
-            pod_path(namespace, name), [{"op": "add", "path": path, "value": format_requested_at(when)}]
-        )
+        path = f"/metadata/annotations/{pointer(self.config.requested_at_annotation)}"
+        await self.kube.patch_json(pod_path(namespace, name), [{"op": "add", "path": path, "value": format_time(when)}])
 
     # ----------------------------------------------------------------------------- the loops
 
@@ -328,7 +320,7 @@ class QueueController:
         waited = (datetime.now(UTC) - when).total_seconds()
         log.info(
             "kept place restored",
-            extra={"ctx": {"pod": view.key, "user": view.user, "requested_at": format_requested_at(when)}},
+            extra={"ctx": {"pod": view.key, "user": view.user, "requested_at": format_time(when)}},
         )
         await self._event(
             view, "PlaceKept", f"Welcome back: your place in the GPU queue was kept (first asked {human(waited)} ago)"
@@ -378,20 +370,20 @@ class QueueController:
             index = next((i for i, g in enumerate(gates) if g.get("name") == gate), None)
             if index is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            admitted = f"/metadata/annotations/{escape(self.config.admitted_at_annotation)}"
+            admitted = f"/metadata/annotations/{pointer(self.config.admitted_at_annotation)}"
             ops: list[Obj] = [
                 {"op": "test", "path": "/metadata/resourceVersion", "value": pod["metadata"]["resourceVersion"]},
                 {"op": "test", "path": f"/spec/schedulingGates/{index}/name", "value": gate},
                 {"op": "remove", "path": f"/spec/schedulingGates/{index}"},
             ]
             if isinstance((pod.get("metadata") or {}).get("annotations"), dict):
-                ops.append({"op": "add", "path": admitted, "value": format_requested_at(now)})
+                ops.append({"op": "add", "path": admitted, "value": format_time(now)})
             else:
                 ops.append(
                     {
                         "op": "add",
                         "path": "/metadata/annotations",
-                        "value": {self.config.admitted_at_annotation: format_requested_at(now)},
+                        "value": {self.config.admitted_at_annotation: format_time(now)},
                     }
                 )
             return await self.kube.patch_json(path, ops)
@@ -470,7 +462,7 @@ class QueueController:
     async def _release_stuck(self, holder: PodView) -> None:
         """Mark the pod released (it stops counting as in use, even for a future leader), then
         delete it. On a node that is gone the delete may hang; the slice is given on regardless."""
-        marker = f"/metadata/annotations/{escape(self.config.released_annotation)}"
+        marker = f"/metadata/annotations/{pointer(self.config.released_annotation)}"
         try:
             await self.kube.patch_json(
                 pod_path(holder.namespace, holder.name), [{"op": "add", "path": marker, "value": "stuck"}]
@@ -524,7 +516,7 @@ class QueueController:
 
     async def _post_event(self, view: PodView, reason: str, message: str, *, kind: str = "Normal") -> None:
         """A new core/v1 Event on the pod: stock KubeSpawner shows it on the spawn page."""
-        now = _event_time(datetime.now(UTC))
+        now = format_time(datetime.now(UTC))
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -14,25 +14,13 @@ from typing import Any
 
 from webhook import metrics
 from webhook.kube import Kube, KubeError
+from webhook.pods import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _micro(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class LeaderElector:
@@ -96,14 +84,14 @@ class LeaderElector:
             return
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+        renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
         duration = float(spec.get("leaseDurationSeconds") or self.duration)
         expired = renewed is None or renewed + timedelta(seconds=duration) < started
         if holder != self.identity and holder and not expired:
             self._valid_until = None
             return
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
-        acquired = _parse(spec.get("acquireTime")) if holder == self.identity else started
+        acquired = parse_time(spec.get("acquireTime")) if holder == self.identity else started
         lease["spec"] = self._spec(started, transitions=transitions, acquired=acquired or started)
         await self.kube.request("PUT", self.path, body=lease)  # resourceVersion guards the race
         self._valid_until = started + timedelta(seconds=self.duration * 0.8)
@@ -112,8 +100,8 @@ class LeaderElector:
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": max(1, round(self.duration)),
-            "acquireTime": _micro(acquired),
-            "renewTime": _micro(now),
+            "acquireTime": format_time(acquired),
+            "renewTime": format_time(now),
             "leaseTransitions": transitions,
         }
 
@@ -127,7 +115,7 @@ class LeaderElector:
             lease = await self.kube.request("GET", self.path)
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
-                lease["spec"]["renewTime"] = _micro(_now() - timedelta(seconds=self.duration * 2))
+                lease["spec"]["renewTime"] = format_time(_now() - timedelta(seconds=self.duration * 2))
                 await self.kube.request("PUT", self.path, body=lease)
         except (KubeError, asyncio.CancelledError):  # best effort; the lease expires anyway
             pass

@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 
-from webhook.state import Eta, Holder
+from webhook.models import Eta, Holder
 
 WINDOW = 20  # release times used: recent enough to follow the day, enough to smooth
 ALPHA = 0.25  # weight of the newest interval in the average (RFC 6298's 1/8 reacts too slowly here)

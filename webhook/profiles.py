@@ -1,7 +1,6 @@
-"""Which profile a pod belongs to, and what that profile's notebook container must look like.
+"""Which profile a pod belongs to: its label resolved through the missing/unknown policies.
 
-Pure functions of the pod JSON and the configuration, shared by mutation, validation and the
-controller (which must agree on what a pool's pod is).
+Pure, shared by mutation and validation (which must agree on a pod's profile).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from webhook.config import Config, Profile, ProfilePolicy
+from webhook.pods import labels_of
 
 
 class Resolution(StrEnum):
@@ -27,26 +27,6 @@ class ProfileChoice:
     profile: Profile | None
     label_value: str | None
     message: str = ""
-
-
-def labels_of(pod: dict[str, Any]) -> dict[str, str]:
-    meta = pod.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-
-
-def annotations_of(pod: dict[str, Any]) -> dict[str, str]:
-    meta = pod.get("metadata")
-    annotations = meta.get("annotations") if isinstance(meta, dict) else None
-    if not isinstance(annotations, dict):
-        return {}
-    return {str(k): str(v) for k, v in annotations.items()}
-
-
-def is_singleuser(pod: dict[str, Any], config: Config) -> bool:
-    """True when the pod matches ``podSelector`` (by default ``component=singleuser-server``)."""
-    labels = labels_of(pod)
-    return all(labels.get(k) == v for k, v in config.pod_selector.items())
 
 
 def choose_profile(pod: dict[str, Any], config: Config) -> ProfileChoice:
@@ -71,32 +51,3 @@ def choose_profile(pod: dict[str, Any], config: Config) -> ProfileChoice:
     if policy is ProfilePolicy.ALLOW:
         return ProfileChoice(Resolution.ALLOWED, None, None, value, why)
     return ProfileChoice(Resolution.DENIED, None, None, value, f"gpu-queue: {why}. To fix: {fix}.")
-
-
-def pool_of(pod: dict[str, Any], config: Config) -> str | None:
-    """The pool a pod queues in, from its own annotation (what mutation wrote), else its profile."""
-    pool = annotations_of(pod).get(config.pool_annotation)
-    if pool in config.pools:
-        return pool
-    choice = choose_profile(pod, config)
-    return choice.profile.pool if choice.profile is not None else None
-
-
-def containers_of(pod: dict[str, Any], field: str = "containers") -> list[dict[str, Any]]:
-    spec = pod.get("spec")
-    items = spec.get(field) if isinstance(spec, dict) else None
-    if not isinstance(items, list):
-        return []
-    return [c for c in items if isinstance(c, dict)]
-
-
-def scheduling_gates(pod: dict[str, Any]) -> list[str]:
-    spec = pod.get("spec")
-    gates = spec.get("schedulingGates") if isinstance(spec, dict) else None
-    if not isinstance(gates, list):
-        return []
-    return [str(g.get("name")) for g in gates if isinstance(g, dict)]
-
-
-def has_gate(pod: dict[str, Any], config: Config) -> bool:
-    return config.gate_name in scheduling_gates(pod)

@@ -20,7 +20,7 @@ from webhook.api import create_api_app
 from webhook.config import Config
 from webhook.controller import QueueController
 from webhook.kube import Kube, load_client
-from webhook.queue import RedisQueueStore
+from webhook.redis_store import RedisQueueStore
 
 log = logging.getLogger(__name__)
 

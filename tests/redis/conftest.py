@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.clock import FakeClock
 from tests.helpers.redis_server import REDIS_SERVER_ENV, RedisServer, find_redis_server
-from webhook.queue import RedisQueueStore
+from webhook.redis_store import RedisQueueStore
 
 pytestmark = pytest.mark.redis
 

@@ -18,8 +18,9 @@ from tests.helpers.clock import FakeClock
 from tests.helpers.redis_server import RedisServer
 from webhook.config import load_config
 from webhook.metrics import REGISTRY
-from webhook.queue import RedisQueueStore, StoreUnavailable
-from webhook.state import Holder, QueueEntry, score_of
+from webhook.models import Holder, QueueEntry, score_of
+from webhook.protocols import StoreUnavailable
+from webhook.redis_store import RedisQueueStore
 
 pytestmark = pytest.mark.redis
 

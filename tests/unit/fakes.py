@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from webhook.queue import StoreUnavailable
-from webhook.state import Holder, QueueEntry, Tombstone, time_of
+from webhook.models import Holder, QueueEntry, Tombstone, time_of
+from webhook.protocols import StoreUnavailable
 
 
 def _now() -> datetime:

@@ -35,7 +35,7 @@ from webhook.api import EditResult, PoolList, QueueListing, create_api_app
 from webhook.cli import main
 from webhook.config import Config
 from webhook.eta import format_eta
-from webhook.state import Eta, Holder, QueueEntry
+from webhook.models import Eta, Holder, QueueEntry
 
 T = TypeVar("T")
 READ = "cli-read-token-2d9e"

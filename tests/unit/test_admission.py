@@ -14,9 +14,9 @@ import pytest
 from tests.unit.conftest import PodFactory, minimal_pod, review_of
 from webhook.admission import BadReview, mutate, outcome, parse_review, validate
 from webhook.config import Config, load_config
+from webhook.pods import parse_time
 from webhook.quantity import parse_quantity
 from webhook.review import AdmissionReview
-from webhook.state import parse_requested_at
 
 NOW = datetime(2026, 11, 28, 16, 0, 0, 123456, tzinfo=UTC)
 SA = "system:serviceaccount:gpu-queue:gpu-queue"
@@ -64,7 +64,7 @@ async def test_gpu_pod_gets_gpu_profile_resources_gate_and_annotations(
     assert {"name": "gpu-queue.io/slice"} in patched["spec"]["schedulingGates"]
     annotations = patched["metadata"]["annotations"]
     assert annotations["gpu-queue.io/pool"] == "gpu"
-    assert parse_requested_at(annotations["gpu-queue.io/requested-at"]) == NOW
+    assert parse_time(annotations["gpu-queue.io/requested-at"]) == NOW
     assert annotations["gpu-queue.io/requested-at"] == "2026-11-28T16:00:00.123456Z"
     # What the hub wrote stays: identity annotations and the component label KubeSpawner watches by.
     assert annotations["hub.jupyter.org/username"] == user
@@ -212,7 +212,7 @@ def test_forged_old_requested_at_is_replaced_so_nobody_jumps_the_queue() -> None
     pod = minimal_pod()
     pod["metadata"]["annotations"] = {"gpu-queue.io/requested-at": "2001-01-01T00:00:00.000000Z"}
     answer, patched = run_mutate(pod, config)
-    assert parse_requested_at(patched["metadata"]["annotations"]["gpu-queue.io/requested-at"]) == NOW
+    assert parse_time(patched["metadata"]["annotations"]["gpu-queue.io/requested-at"]) == NOW
     assert answer.response is not None and any("replaced" in w for w in answer.response.warnings or [])
 
 

@@ -39,7 +39,7 @@ from tests.helpers.reviews import request_review
 from webhook import server
 from webhook.admission import mutate
 from webhook.config import Config, load_config
-from webhook.profiles import annotations_of, has_gate
+from webhook.pods import annotations_of, has_gate
 
 LIMIT = 256 * 1024  # server.maxBodyBytes for these tests: big enough for real pods, cheap to exceed
 SERVICE_ACCOUNT = "system:serviceaccount:gpu-queue:gpu-queue"

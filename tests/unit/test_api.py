@@ -26,7 +26,7 @@ from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook.api import create_api_app
 from webhook.config import Config
 from webhook.logs import JsonFormatter
-from webhook.state import Eta, Holder, QueueEntry
+from webhook.models import Eta, Holder, QueueEntry
 
 READ = "read-token-7f3a9c"
 READ_2 = "second-read-token-1b2c"

@@ -40,7 +40,7 @@ from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook import server
 from webhook.api import create_api_app
 from webhook.config import Config
-from webhook.state import Holder, QueueEntry
+from webhook.models import Holder, QueueEntry
 
 READ = "fuzz-read-token-91c2"
 ADMIN = "fuzz-admin-token-5d0e"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.eta import culler_bound, estimate, format_eta, round_range, smoothed_interval
-from webhook.state import Eta, Holder
+from webhook.models import Eta, Holder
 
 NOW = datetime(2026, 11, 28, 16, 0, 0, tzinfo=UTC)
 HOUR = 3600.0

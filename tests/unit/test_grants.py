@@ -10,8 +10,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from webhook.cluster_view import NodeView, PodView, node_view, pod_view
 from webhook.config import load_config
-from webhook.grants import NodeView, PodView, capacity, in_use, node_view, plan, pod_view
+from webhook.grants import capacity, in_use, plan
 
 CONFIG = load_config(env={})
 POOL = CONFIG.pools["gpu"]

@@ -266,7 +266,7 @@ def test_format_eta_words_match_the_controllers_events() -> None:
     """The live line and the controller's Events use the same words (hub.py cannot import the
     service's module: it must run in a hub image without gpu-queue installed)."""
     from webhook.eta import format_eta as controller_format_eta
-    from webhook.state import Eta
+    from webhook.models import Eta
 
     points = [0, 1, 30, 59, 60, 61, 119, 300, 599, 600, 1799, 3599, 3600, 3601, 5400, 7200, 30000]
     for low in points:

@@ -373,7 +373,7 @@ async def test_no_token_reaches_any_log_line_on_authorised_or_failing_calls(
     config = _api_config()
     store = MemoryQueueStore(clock=lambda: at(3600))
     cluster = FakeCluster()
-    from webhook.state import QueueEntry
+    from webhook.models import QueueEntry
 
     for i, name in enumerate(("jupyter-alice", "jupyter-bob", "jupyter-carol")):
         await store.enqueue("gpu", QueueEntry(namespace=NS, name=name, user=name[8:], requested_at=at(i)), 300)
@@ -482,7 +482,7 @@ async def test_api_bodies_over_the_limit_are_413_and_edit_nothing(aiohttp_client
     config = _api_config()
     store = MemoryQueueStore(clock=lambda: at(3600))
     cluster = FakeCluster()
-    from webhook.state import QueueEntry
+    from webhook.models import QueueEntry
 
     for i, name in enumerate(("jupyter-alice", "jupyter-bob")):
         await store.enqueue("gpu", QueueEntry(namespace=NS, name=name, user=name[8:], requested_at=at(i)), 300)

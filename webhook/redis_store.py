@@ -1,4 +1,4 @@
-"""The queue index in Redis: ``RedisQueueStore`` implements ``webhook.state.QueueStore``.
+"""The queue index in Redis: ``RedisQueueStore`` implements ``webhook.protocols.QueueStore``.
 
 Layout. Every key of a pool carries the hash tag ``{<prefix>:<pool>}`` so one pool lives in one
 Redis Cluster slot and a Lua script may touch all of them; the prefix lets two installs share one
@@ -57,7 +57,8 @@ from redis.exceptions import RedisError
 
 from webhook.config import Config
 from webhook.metrics import REDIS_ERRORS
-from webhook.state import Holder, QueueEntry, Tombstone, score_of
+from webhook.models import Holder, QueueEntry, Tombstone, score_of
+from webhook.protocols import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 STATS_CAP = 1000
-
-
-class StoreUnavailable(Exception):
-    """Redis did not answer (or answered with an error): callers degrade instead of failing."""
 
 
 def _micros(when: datetime) -> int:

@@ -1,0 +1,141 @@
+"""The cluster as the grant decision sees it: small immutable views of pods and nodes.
+
+Built from the watch cache's JSON once per change, so the decision (``webhook.grants``) is pure and
+unit-testable without a network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from webhook.config import Config
+from webhook.models import pod_key, score_of
+from webhook.pods import annotations_of, has_gate, is_singleuser, labels_of, parse_time
+from webhook.quantity import QuantityError, parse_quantity
+
+FINISHED = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the queue needs to know of one pod."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    pool: str | None = None  # set for pods of one of our pools (the pool annotation)
+    gated: bool = False  # our scheduling gate is present
+    requested_at: datetime | None = None
+    granted_at: datetime | None = None
+    user: str = ""
+    server: str = ""
+    node: str = ""
+    phase: str = "Pending"
+    ready: bool = False
+    deleting: bool = False
+    removed: bool = False  # an admin took it out of the queue (`queue rm`): no kept place
+    released: bool = False  # a stuck head whose slice was given to the next user (I7)
+    created_at: datetime | None = None
+    # The amount of each pool resource the pod asks for (for usage by pods that are not ours).
+    resources: Mapping[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+    @property
+    def queued(self) -> bool:
+        """Waiting in its pool's FIFO: gated, not being deleted."""
+        return self.pool is not None and self.gated and not self.deleting
+
+    @property
+    def holding(self) -> bool:
+        """Holding a slice of its pool: ungated, not finished, not released as stuck (I7).
+
+        A terminating pod still holds its slice until it is gone."""
+        return self.pool is not None and not self.gated and not self.finished and not self.released
+
+    @property
+    def order(self) -> tuple[float, str]:
+        """FIFO order: requested-at (creation time if the stamp is bad), then namespace/name."""
+        when = self.requested_at or self.created_at
+        return (score_of(when) if when is not None else 0.0, self.key)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    allocatable: Mapping[str, Decimal] = field(default_factory=dict)
+    schedulable: bool = True
+
+
+def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
+    """A PodView from the pod JSON, or None when the pod matters to no pool at all."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    namespace = str(meta.get("namespace", ""))
+    annotations = annotations_of(dict(pod))
+    ours = (not config.namespaces or namespace in config.namespaces) and is_singleuser(dict(pod), config)
+    pool = annotations.get(config.pool_annotation) if ours else None
+    if pool is not None and pool not in config.pools:
+        pool = None
+    resources: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        limits = ((container or {}).get("resources") or {}).get("limits") or {}
+        for name in config.pool_resources:
+            if name in limits:
+                try:
+                    resources[name] = resources.get(name, Decimal(0)) + parse_quantity(limits[name])
+                except QuantityError:
+                    continue
+    if pool is None and not resources:
+        return None
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions if isinstance(c, dict))
+    return PodView(
+        namespace=namespace,
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        pool=pool,
+        gated=has_gate(dict(pod), config),
+        requested_at=parse_time(annotations.get(config.requested_at_annotation)),
+        granted_at=parse_time(annotations.get(config.admitted_at_annotation)),
+        user=annotations.get("hub.jupyter.org/username") or labels_of(dict(pod)).get("hub.jupyter.org/username", ""),
+        server=annotations.get("hub.jupyter.org/servername", ""),
+        node=str(spec.get("nodeName") or ""),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready,
+        deleting=meta.get("deletionTimestamp") is not None,
+        removed=config.removed_annotation in annotations,
+        released=config.released_annotation in annotations,
+        created_at=parse_time(meta.get("creationTimestamp")),
+        resources=resources,
+    )
+
+
+def node_view(node: Mapping[str, Any]) -> NodeView:
+    meta = node.get("metadata") or {}
+    allocatable: dict[str, Decimal] = {}
+    for name, value in ((node.get("status") or {}).get("allocatable") or {}).items():
+        try:
+            allocatable[str(name)] = parse_quantity(value)
+        except QuantityError:
+            continue
+    return NodeView(
+        name=str(meta.get("name", "")),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        allocatable=allocatable,
+        schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+    )

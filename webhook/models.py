@@ -1,0 +1,124 @@
+"""The queue's wire models: entries, holders, kept places, positions and ETAs.
+
+Shared by the Redis store, the controller, the HTTP API and the CLI, so each answer has one shape.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Wire(BaseModel):
+    """API/wire models: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+
+
+def pod_key(namespace: str, name: str) -> str:
+    """The FIFO member for a pod: ``namespace/name`` (ties in requested-at sort by it)."""
+    return f"{namespace}/{name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+def score_of(requested_at: datetime) -> float:
+    """FIFO score: microseconds since the epoch (exact in a double until the year 2255)."""
+    return float(round(requested_at.timestamp() * 1_000_000))
+
+
+def time_of(score: float) -> datetime:
+    return datetime.fromtimestamp(score / 1_000_000, tz=UTC)
+
+
+class QueueEntry(_Wire):
+    """A pod waiting for a slice."""
+
+    namespace: str
+    name: str
+    user: str = ""
+    server: str = ""
+    requested_at: datetime = Field(alias="requestedAt")
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
+
+    @property
+    def score(self) -> float:
+        return score_of(self.requested_at)
+
+
+class Holder(_Wire):
+    """A pod whose gate was removed: it holds one slice until it is deleted or finishes."""
+
+    namespace: str
+    name: str
+    user: str = ""
+    server: str = ""
+    requested_at: datetime | None = Field(None, alias="requestedAt")
+    granted_at: datetime = Field(alias="grantedAt")
+    node: str = ""
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
+
+
+class Tombstone(_Wire):
+    """A queued pod that disappeared: its place, kept for ``keepPlaceSeconds``."""
+
+    user: str
+    server: str = ""
+    requested_at: datetime = Field(alias="requestedAt")
+    expires_at: datetime = Field(alias="expiresAt")
+
+
+class PositionState(StrEnum):
+    QUEUED = "queued"
+    ADMITTED = "admitted"
+    UNKNOWN = "unknown"
+
+
+class Eta(_Wire):
+    """A wait estimate as a range; ``known`` is false while there is too little data."""
+
+    known: bool
+    min_seconds: float | None = Field(None, alias="minSeconds")
+    max_seconds: float | None = Field(None, alias="maxSeconds")
+    method: str = ""
+
+
+class Position(_Wire):
+    """The answer to "where do I stand?" for one pod or user server."""
+
+    pool: str | None
+    state: PositionState
+    namespace: str | None = None
+    name: str | None = None
+    user: str | None = None
+    server: str | None = None
+    position: int | None = Field(None, ge=1, description="1-based; None unless queued")
+    queue_length: int = Field(0, alias="queueLength")
+    capacity: int = 0
+    in_use: int = Field(0, alias="inUse")
+    requested_at: datetime | None = Field(None, alias="requestedAt")
+    granted_at: datetime | None = Field(None, alias="grantedAt")
+    eta: Eta = Field(default_factory=lambda: Eta(known=False))
+    refresh_seconds: float = Field(10.0, alias="refreshSeconds")
+
+
+class PoolStatus(_Wire):
+    name: str
+    resource: str
+    capacity: int
+    in_use: int = Field(alias="inUse")
+    queued: int
+    holders: list[Holder] = Field(default_factory=list)
