@@ -16,7 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # Dependencies first, so a code change does not rebuild them: pyproject.toml alone resolves them.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 RUN mkdir webhook && touch webhook/__init__.py \
  && pip wheel --wheel-dir /wheels . \
  && rm -rf /wheels/gpu_queue-*.whl webhook build ./*.egg-info

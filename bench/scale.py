@@ -1,7 +1,7 @@
 """Scale figures: controller memory and reconcile time by cluster size, position lookups by queue
-length, admission throughput by worker processes. Prints one JSON object.
+length. Prints one JSON object.
 
-    python bench/scale.py [--sizes 500,1000,5000] [--queues 1000,10000,100000] [--workers 1,2,4]
+    python bench/scale.py [--sizes 500,1000,5000] [--queues 1000,10000,100000] [--samples 1000]
 
 It drives the real code, against a ``redis-server`` it starts on a free 127.0.0.1 port:
 
@@ -15,9 +15,8 @@ It drives the real code, against a ``redis-server`` it starts on a free 127.0.0.
   decoded and indexed. RSS is the process's, for scale only (the allocator keeps freed memory).
 - ``positions``: per queue length, ``GET /api/v1/queue/{namespace}/{pod}`` on the real API app
   (auth, Redis lookups, ETA) over 127.0.0.1, and the store's own ``position`` call; p50/p99.
-  (``bench/queue.py`` has the per-operation store latencies.)
-- ``admission``: ``gpu-queue serve`` with ``server.workers`` N over TLS, loaded by
-  ``bench/admission.py``'s client (closed loop): requests/s and latency.
+  (``bench/queue.py`` has the per-operation store latencies; ``bench/admission.py`` has admission
+  throughput and latency.)
 - ``growth``: each cost at the largest size over the smallest, beside the size ratio, and what
   that says (flat, sub-linear, linear, super-linear).
 """
@@ -41,9 +40,7 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
-import ssl  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -56,7 +53,6 @@ from typing import Any, cast  # noqa: E402
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from bench import admission as load  # noqa: E402
 from gpu_queue_dev.spawnerpods import pod_manifest  # noqa: E402
 from tests.helpers.redis_server import RedisServer, find_redis_server, free_port  # noqa: E402
 from webhook.admission import mutate, parse_review  # noqa: E402
@@ -67,7 +63,6 @@ from webhook.kube import Kube  # noqa: E402
 from webhook.models import QueueEntry  # noqa: E402
 from webhook.pods import format_time  # noqa: E402
 from webhook.redis_store import RedisQueueStore  # noqa: E402
-from webhook.server import WORKER_HEADER  # noqa: E402
 
 NOW = datetime.now(UTC)
 NS = "jhub"
@@ -406,78 +401,6 @@ async def position_figures(config: Config, length: int, redis_url: str, samples:
     }
 
 
-# ------------------------------------------------------------------------------- admission
-
-
-async def admission_figures(counts: list[int], certs: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One server per worker count, all up at once (idle ones cost nothing); the measured phases
-    alternate between them in rounds, so a change in background load hits every count alike."""
-    ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-    body = load.review_body(await load.kubespawner_pod("gpu"))
-    servers: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
-    samples = {workers: load.Samples() for workers in counts}
-    seen: dict[int, int] = {}
-    try:
-        for workers in counts:
-            port = free_port()
-            env = {**os.environ, **load._server_env(certs, port), "GPU_QUEUE_SERVER__WORKERS": str(workers)}
-            env["GPU_QUEUE_REDIS__TIMEOUTSECONDS"] = "0.2"
-            env["GPU_QUEUE_KUBECONFIG"] = str(certs / "no-kubeconfig")
-            servers[workers] = (port, _start_server(env))
-        for workers, (port, proc) in servers.items():
-            await load.wait_ready(f"https://127.0.0.1:{port}", ctx, proc)
-            seen[workers] = await _all_workers(port, ctx, workers, proc)
-        for _ in range(args.rounds):
-            for workers, (port, _) in servers.items():
-                phase = await load.drive(
-                    port, body, ctx, args.connections, args.duration / args.rounds, args.warmup / args.rounds
-                )
-                samples[workers].add(phase)
-    finally:
-        for _, proc in servers.values():
-            _stop_server(proc)
-    return [{"workers": w, "processes_seen": seen[w], **samples[w].summary()} for w in counts]
-
-
-def _start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``gpu-queue serve`` in its own process, so the load generator never shares its CPU time."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "webhook.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=_ROOT,
-    )
-
-
-def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def _all_workers(port: int, ctx: ssl.SSLContext, workers: int, proc: subprocess.Popen[bytes]) -> int:
-    """Wait until every process answers (a worker still starting would get no connections)."""
-    if workers == 1:
-        return 1
-    pids: set[str] = set()
-    deadline = time.monotonic() + 60
-    while len(pids) < workers:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(pids)} of {workers} worker processes answered")
-        connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            try:
-                async with session.get(f"https://127.0.0.1:{port}/healthz") as r:
-                    pids.add(r.headers.get(WORKER_HEADER, ""))
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    return len(pids)
-
-
 # ---------------------------------------------------------------------------------- growth
 
 
@@ -523,21 +446,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["positions"] = [await position_figures(config, n, redis.url, args.samples) for n in lengths]
         finally:
             redis.stop()
-        certs = Path(tmp) / "certs"
-        from webhook.certs import make_ca, make_serving_cert, write_pair
-
-        ca = make_ca()
-        write_pair(certs, ca, make_serving_cert(ca, ["localhost"], ["127.0.0.1"]))
-        counts = [int(w) for w in args.workers.split(",")]
-        results["admission"] = {
-            "pod": "gpu",
-            "connections": args.connections,
-            "duration_s": args.duration,
-            "rounds": args.rounds,
-            "by_workers": await admission_figures(counts, certs, args),
-        }
     controller, positions = results["controller"], results["positions"]
-    by_workers = results["admission"]["by_workers"]
     results["growth"] = {
         "controller_by_pods": _growth(
             controller,
@@ -562,16 +471,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "store_p99": lambda r: r["store_position"]["p99_ms"],
             },
         ),
-        "admission_by_workers": {
-            "workers": [r["workers"] for r in by_workers],
-            "rps": [r["rps"] for r in by_workers],
-            "rps_ratio_to_one_worker": [round(r["rps"] / by_workers[0]["rps"], 2) for r in by_workers],
-            "p99_ms": [r["p99_ms"] for r in by_workers],
-            "note": (
-                f"{os.cpu_count()} CPUs are shared by the server processes and the load generator: "
-                "more workers than free cores adds no throughput"
-            ),
-        },
     }
     results["loadavg_after"] = list(os.getloadavg())
     results["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -583,11 +482,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="500,1000,5000", help="cluster sizes in pods (20%% of them queued)")
     parser.add_argument("--queues", default="1000,10000,100000", help="queue lengths for position lookups")
     parser.add_argument("--samples", type=int, default=1000, help="position lookups per queue length")
-    parser.add_argument("--workers", default="1,2,4", help="server.workers values for the admission load")
-    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections of the load")
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per worker count")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per worker count")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations between the worker counts")
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(run(args))))
     return 0

@@ -2,42 +2,35 @@
 
 The demo, the benchmarks and the tests create their pods here rather than by hand, so what the
 webhook sees is what a hub really sends (numbers as quantities, the hub's env vars, its labels).
-Needs the ``hub`` extra (jupyterhub-kubespawner).
+Needs the ``dev`` extra (jupyterhub-kubespawner). The product's unit tests do not import this
+package: they read pods recorded here (``python -m gpu_queue_dev.spawnerpods record FILE``), and a
+test of the dev tier fails when the installed KubeSpawner would build them differently.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import sys
+import zlib
+from pathlib import Path
 from typing import Any
 
-PROFILE_LABEL = "gpu-queue.io/profile"
+import yaml
 
-# The seed's profileList, as an admin writes it in z2jh's singleuser.profileList.
-PROFILE_LIST: list[dict[str, Any]] = [
-    {
-        "display_name": "CPU Only - Data Exploration",
-        "slug": "cpu-only",
-        "default": True,
-        "kubespawner_override": {
-            "cpu_limit": 2,
-            "cpu_guarantee": 0.5,
-            "mem_limit": "4G",
-            "mem_guarantee": "1G",
-            "extra_labels": {PROFILE_LABEL: "cpu-only"},
-        },
-    },
-    {
-        "display_name": "GPU Enabled - ML/AI Training",
-        "slug": "gpu-enabled",
-        "kubespawner_override": {
-            "cpu_limit": 4,
-            "cpu_guarantee": 1,
-            "mem_limit": "8G",
-            "mem_guarantee": "2G",
-            "extra_resource_limits": {"nvidia.com/gpu": "1"},
-            "extra_labels": {PROFILE_LABEL: "gpu-enabled"},
-        },
-    },
-]
+_DOCS_VALUES = Path(__file__).resolve().parents[1] / "docs" / "z2jh-values.yaml"
+
+
+def _seed_profile_list() -> list[dict[str, Any]]:
+    """The seed's profileList exactly as the docs give it to admins (z2jh ``singleuser.profileList``):
+    one source, so the pods here and the docs cannot drift apart."""
+    values = yaml.safe_load(_DOCS_VALUES.read_text())
+    profiles: list[dict[str, Any]] = values["singleuser"]["profileList"]
+    return profiles
+
+
+PROFILE_LIST: list[dict[str, Any]] = _seed_profile_list()
 
 # What the z2jh chart adds to every single-user pod.
 CHART_LABELS = {
@@ -53,7 +46,7 @@ class _User:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.id = abs(hash(name)) % 100000
+        self.id = zlib.crc32(name.encode()) % 100000  # stable across runs: recorded pods compare equal
         self.url = f"/user/{name}/"
         self.escaped_name = name
 
@@ -130,3 +123,46 @@ async def new_spawner(
         spawner.user_options = {"profile": profile}
         await spawner.load_user_options()
     return spawner
+
+
+def case_key(case: dict[str, Any]) -> str:
+    """One case's identity: user, profile (null for none), server and extra traits, as JSON."""
+    extra = case.get("extra") or {}
+    return json.dumps([case["user"], case["profile"], case.get("server", ""), extra], sort_keys=True)
+
+
+async def render_cases(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The recording for ``cases`` (each ``user``, ``profile``, ``server``, ``extra``): every case with
+    the pod KubeSpawner builds for it now, and the profileList they were built from."""
+    rendered = []
+    for case in sorted(cases, key=case_key):
+        user, profile, server, extra = json.loads(case_key(case))
+        pod = await pod_manifest(user, profile, server, extra=extra)
+        rendered.append({"user": user, "profile": profile, "server": server, "extra": extra, "pod": pod})
+    return {"kubespawner": _kubespawner_version(), "profileList": PROFILE_LIST, "cases": rendered}
+
+
+def _kubespawner_version() -> str:
+    from importlib.metadata import version
+
+    return version("jupyterhub-kubespawner")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gpu_queue_dev.spawnerpods",
+        description="Re-record the KubeSpawner pods the unit tests read (the cases stay those in FILE).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    record = sub.add_parser("record", help="rebuild every case of FILE with the installed KubeSpawner")
+    record.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    cases = json.loads(args.file.read_text())["cases"]
+    recording = asyncio.run(render_cases(cases))
+    args.file.write_text(json.dumps(recording, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {len(recording['cases'])} pods with KubeSpawner {recording['kubespawner']} into {args.file}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -143,7 +143,6 @@ class Server(_Model):
         8080, ge=0, le=65535, alias="metricsPort", description="Plain HTTP /metrics, /healthz, /readyz; 0 = off"
     )
     max_body_bytes: int = Field(3 * 1024 * 1024, gt=0, alias="maxBodyBytes")
-    workers: int = Field(1, ge=1, le=64)
 
 
 class Redis(_Model):

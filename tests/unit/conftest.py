@@ -1,5 +1,5 @@
 """Fixtures for the unit tier: the seed configuration and AdmissionReviews around real
-KubeSpawner pod manifests."""
+KubeSpawner pod manifests (recorded: the unit tier imports nothing of the development package)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.reviews import request_review
+from tests.helpers.spawner_pods import spawner_pod as recorded_pod
 from webhook.config import Config, load_config
 
 
@@ -42,8 +42,8 @@ PodFactory = Callable[..., Awaitable[dict[str, Any]]]
 
 @pytest.fixture
 def spawner_pod() -> PodFactory:
-    """``await spawner_pod(user, profile, server)``: a pod built by a real KubeSpawner."""
-    return pod_manifest
+    """``await spawner_pod(user, profile, server)``: a pod built by a real KubeSpawner (recorded)."""
+    return recorded_pod
 
 
 def minimal_pod(**spec: Any) -> dict[str, Any]:

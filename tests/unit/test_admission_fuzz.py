@@ -34,8 +34,8 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.reviews import request_review
+from tests.helpers.spawner_pods import spawner_pod
 from webhook import server
 from webhook.admission import mutate
 from webhook.config import Config, load_config
@@ -119,12 +119,12 @@ def admission(config: Config) -> Iterator[Admission]:
 
 @pytest.fixture(scope="module")
 def gpu_pod() -> dict[str, Any]:
-    return asyncio.run(pod_manifest("alice", "gpu-enabled"))
+    return asyncio.run(spawner_pod("alice", "gpu-enabled"))
 
 
 @pytest.fixture(scope="module")
 def cpu_pod() -> dict[str, Any]:
-    return asyncio.run(pod_manifest("bob", "cpu-only"))
+    return asyncio.run(spawner_pod("bob", "cpu-only"))
 
 
 def review_of(

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_schema_validator import OAS31Validator
 
-import webhook.api
+import webhook.api.positions
 from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook.api import create_api_app
 from webhook.config import Config
@@ -297,7 +297,7 @@ async def test_the_token_is_compared_in_constant_time_against_every_configured_t
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("webhook.api.hmac.compare_digest", spy)
+    monkeypatch.setattr("webhook.api.auth.hmac.compare_digest", spy)
     assert (await api.call("GET", "/pools", token=ADMIN)).status == 200
     # The first token matched, yet all three were compared: no early exit to time.
     assert sorted(b for _, b in compared) == sorted(t.encode() for t in (READ, READ_2, ADMIN))
@@ -364,7 +364,7 @@ async def test_pool_queue_lists_entries_head_first_with_1_based_positions_waits_
         positions.append(kwargs["position"])
         return Eta(known=True, min_seconds=60.0 * kwargs["position"], max_seconds=90.0 * kwargs["position"])
 
-    monkeypatch.setattr(webhook.api, "estimate", fake_estimate)
+    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
     answer = await api.call("GET", "/pools/{pool}/queue", pool="gpu")
     assert answer.status == 200
     body = answer.body
@@ -448,7 +448,7 @@ async def test_the_eta_comes_from_estimate_with_the_stores_release_times_and_hol
         seen.append(kwargs)
         return Eta(known=True, min_seconds=600, max_seconds=1500, method="test")
 
-    monkeypatch.setattr(webhook.api, "estimate", fake_estimate)
+    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert answer.body["eta"] == {"known": True, "minSeconds": 600.0, "maxSeconds": 1500.0, "method": "test"}
     [call] = seen
@@ -466,7 +466,7 @@ async def test_a_failing_estimate_still_answers_the_position_with_an_unknown_eta
     def broken(**kwargs: Any) -> Eta:
         raise ZeroDivisionError("no samples")
 
-    monkeypatch.setattr(webhook.api, "estimate", broken)
+    monkeypatch.setattr(webhook.api.positions, "estimate", broken)
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert (answer.status, answer.body["position"], answer.body["eta"]["known"]) == (200, 3, False)
 

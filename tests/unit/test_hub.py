@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import copy
 import logging
 import socket
 import ssl
@@ -30,7 +29,7 @@ from tornado import web as tornado_web
 from traitlets.config import Config
 
 import webhook.hub
-from gpu_queue_dev.spawnerpods import PROFILE_LIST
+from tests.helpers.spawner_pods import profile_list
 from webhook.certs import make_ca, make_serving_cert
 from webhook.config import load_config
 from webhook.hub import (
@@ -186,7 +185,7 @@ def hub_config(**spawner: Any) -> Config:
     config = Config()
     config.KubeSpawner.namespace = NAMESPACE
     config.KubeSpawner.start_timeout = 300
-    config.KubeSpawner.profile_list = copy.deepcopy(PROFILE_LIST)
+    config.KubeSpawner.profile_list = profile_list()
     config.QueueAwareKubeSpawner.queue_api_token = TOKEN
     config.QueueAwareKubeSpawner.queue_min_refresh_seconds = 0.0
     config.QueueAwareKubeSpawner.queue_max_refresh_seconds = 0.001
@@ -360,7 +359,7 @@ async def test_queued_profiles_setting_selects_by_slug_or_profile_label(make_use
 
 
 async def test_a_profile_option_choice_that_adds_a_gpu_makes_the_spawn_queue(make_user: MakeUser) -> None:
-    profiles = copy.deepcopy(PROFILE_LIST)
+    profiles = profile_list()
     profiles[0]["profile_options"] = {
         "accelerator": {
             "display_name": "Accelerator",
@@ -446,7 +445,7 @@ async def test_a_profile_start_timeout_override_cannot_shorten_the_queued_wait(
     make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = hub_config(queued_start_timeout=7200)
-    profiles = copy.deepcopy(PROFILE_LIST)
+    profiles = profile_list()
     profiles[1]["kubespawner_override"]["start_timeout"] = 600
     config.KubeSpawner.profile_list = profiles
     user = make_user(config=config)

@@ -535,7 +535,7 @@ async def test_every_configured_token_is_compared_with_compare_digest_even_after
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("webhook.api.hmac.compare_digest", spy)
+    monkeypatch.setattr("webhook.api.auth.hmac.compare_digest", spy)
     answer = await client.get("/api/v1/pools", headers={"Authorization": f"Bearer {presented}"})
     assert answer.status == (200 if presented in TOKENS else 401)
     assert {a for a, _ in compared} == {presented.encode()}

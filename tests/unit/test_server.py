@@ -19,6 +19,8 @@ from tests.helpers.reviews import request_review
 from webhook import metrics, server
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
+from webhook.server import admission as admission_endpoints
+from webhook.server import app as server_app
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[..., Awaitable[Client]]
@@ -168,7 +170,7 @@ async def test_crash_in_admission_is_a_denial_for_that_uid_not_a_5xx(
     def boom(*_: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(server, "mutate", boom)
+    monkeypatch.setattr(admission_endpoints, "mutate", boom)
     before = counted("mutate", "error")
     resp = await client.post("/mutate", json=review(uid="u-crash"))
     assert resp.status == 200
@@ -187,7 +189,7 @@ async def test_crash_while_parsing_is_a_400_json_counted_as_error(
     def boom(body: bytes) -> None:
         raise RecursionError("bug")
 
-    monkeypatch.setattr(server, "parse_review", boom)
+    monkeypatch.setattr(admission_endpoints, "parse_review", boom)
     before = counted("validate", "error")
     resp = await client.post("/validate", json=review())
     assert resp.status == 400
@@ -354,7 +356,7 @@ async def test_serve_admits_over_tls_with_redis_and_api_unreachable_then_drains_
 
         return [*extra, marker], api
 
-    monkeypatch.setattr(server, "build_components", build)
+    monkeypatch.setattr(server_app, "build_components", build)
     stop = asyncio.Event()
     task = asyncio.create_task(server.serve(config, stop))
     base = f"https://127.0.0.1:{config.server.port}"
