@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="set the caBundle of this Mutating/ValidatingWebhookConfiguration (repeatable)",
     )
     certs.add_argument("--kubeconfig", default=None, help="for --secret/--patch-webhooks; default in-cluster")
-    certs.set_defaults(run=_lazy("webhook.certs:run_certs"))
+    certs.set_defaults(run=_lazy("webhook.certs_command:run_certs"))
 
     status = sub.add_parser("status", help="holders and queue of every pool, as a table")
     _api_client_args(status)
