@@ -12,18 +12,14 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from webhook import metrics
 from webhook.certs import not_after
 from webhook.config import Tls
-
-if TYPE_CHECKING:
-    from webhook.server.app import Component
 
 log = logging.getLogger("gpu_queue.server")
 
@@ -160,8 +156,8 @@ class CertReloader:
             except Exception:
                 log.exception("certificate reload check failed")
 
-    def component(self) -> Component:
-        """The reload loop as a ``cleanup_ctx`` component."""
+    def component(self) -> Callable[[web.Application], AsyncIterator[None]]:
+        """The reload loop as a ``cleanup_ctx`` component (the app factory's ``Component``)."""
 
         async def tls_reload(app: web.Application) -> AsyncIterator[None]:
             task = asyncio.create_task(self.watch(), name="tls-reload")
