@@ -44,7 +44,7 @@ from typing import Any  # noqa: E402
 
 from redis.asyncio import Redis  # noqa: E402
 
-import webhook.redis_store  # noqa: E402
+import webhook.redis_scripts  # noqa: E402
 from tests.helpers.redis_server import RedisServer, find_redis_server  # noqa: E402
 from webhook.models import Holder, QueueEntry  # noqa: E402
 from webhook.redis_store import RedisQueueStore  # noqa: E402
@@ -53,7 +53,7 @@ T0 = datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)
 PREFIX = "bench"
 OPS = ("position", "enqueue", "grant")
 # the store's scripts by the op they serve, to read Redis's own timings from SLOWLOG
-_SCRIPTS = {"_POSITION": "position", "_ENQUEUE": "enqueue", "_GRANT": "grant"}
+_SCRIPTS = {"POSITION": "position", "ENQUEUE": "enqueue", "GRANT": "grant"}
 
 
 def _entry(i: int) -> QueueEntry:
@@ -114,7 +114,7 @@ async def _visit(store: RedisQueueStore, pool: _Pool, rng: random.Random) -> Non
 
 def _server_times(log: list[dict[str, Any]], pools: list[_Pool]) -> dict[str, dict[str, dict[str, float]]]:
     """Redis's own execution time per size and op, from SLOWLOG entries ``EVALSHA sha n key...``."""
-    shas = {_sha(getattr(webhook.redis_store, name)): op for name, op in _SCRIPTS.items()}
+    shas = {_sha(getattr(webhook.redis_scripts, name)): op for name, op in _SCRIPTS.items()}
     by_tag = {f"{{{PREFIX}:{p.name}}}": str(p.size) for p in pools}
     found: dict[str, dict[str, list[float]]] = {str(p.size): {op: [] for op in OPS} for p in pools}
     for item in log:

@@ -1,9 +1,11 @@
 """In-memory test doubles for the ``QueueStore`` and ``ClusterView`` Protocols.
 
-The store follows the Protocol's docstrings (the Redis store's contract): FIFO by score (requested-at
-in microseconds) then key, ZADD NX, tombstones that give a returning user their old place, grants
-that record waits, releases that record times, Redis-style inclusive ranges. ``down = True`` makes
-every call raise ``StoreUnavailable`` like a Redis outage.
+``MemoryQueueStore`` passes the same contract suite as the Redis store
+(``tests/redis/test_store_contract.py``), so the API and CLI tests that use it see what production
+sees: FIFO by score (requested-at in microseconds) then key, ZADD NX, a key never both queued and
+holding, tombstones that give a returning user their old place, grants that take the queue's
+requested-at and record waits, capped statistics, Redis-style inclusive ranges. ``down = True``
+makes every call raise ``StoreUnavailable`` like a Redis outage; ``calls`` records every call.
 """
 
 from __future__ import annotations
@@ -11,33 +13,58 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from webhook.models import Holder, QueueEntry, Tombstone, time_of
+from webhook.models import Holder, QueueEntry
 from webhook.protocols import StoreUnavailable
+from webhook.redis_store import STATS_CAP
+
+T = TypeVar("T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _time_of(score: float) -> datetime:
+    """Exact, as the Redis store reads a score: integer microseconds, not a float timestamp."""
+    return _EPOCH + timedelta(microseconds=int(score))
+
+
+@dataclass(frozen=True)
+class _Tomb:
+    """A kept place: the earlier requested-at of a user's server that left, until it expires."""
+
+    requested_at: datetime
+    removed_at: datetime
+    expires_at: datetime
+
+
 @dataclass
 class _PoolState:
     queue: dict[str, QueueEntry] = field(default_factory=dict)
     holders: dict[str, Holder] = field(default_factory=dict)
-    tombstones: dict[tuple[str, str], Tombstone] = field(default_factory=dict)
-    removed_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
-    waits: list[float] = field(default_factory=list)  # oldest first
-    releases: list[datetime] = field(default_factory=list)  # oldest first
+    tombstones: dict[tuple[str, str], _Tomb] = field(default_factory=dict)  # (user, server) -> place
+    waits: list[float] = field(default_factory=list)  # newest first, capped
+    releases: list[datetime] = field(default_factory=list)  # newest first, capped
 
     def ordered(self) -> list[QueueEntry]:
         return sorted(self.queue.values(), key=lambda e: (e.score, e.key))
 
 
+def _push(values: list[T], value: T, cap: int) -> None:
+    """LPUSH + LTRIM: newest first, at most ``cap``."""
+    values.insert(0, value)
+    del values[cap:]
+
+
 class MemoryQueueStore:
     """A faithful, single-process ``QueueStore``."""
 
-    def __init__(self, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, clock: Callable[[], datetime] = _now, *, stats_cap: int = STATS_CAP) -> None:
         self.clock = clock
+        self.stats_cap = max(1, stats_cap)
         self.down = False
         self.pools: dict[str, _PoolState] = {}
         self.calls: list[tuple[str, tuple[object, ...]]] = []
@@ -52,13 +79,19 @@ class MemoryQueueStore:
         state = self._pool(pool, "enqueue", entry.key, keep_place_seconds)
         if entry.key in state.queue:
             return state.queue[entry.key]
+        if entry.key in state.holders:
+            return entry  # never both queued and holding: not queued, position says None
         now = self.clock()
         place = (entry.user, entry.server)
-        tomb = state.tombstones.pop(place, None) if entry.user else None
-        removed = state.removed_at.pop(place, now)
-        live = tomb is not None and tomb.expires_at > now and removed + timedelta(seconds=keep_place_seconds) > now
-        if tomb is not None and live and tomb.requested_at < entry.requested_at:
-            entry = entry.model_copy(update={"requested_at": tomb.requested_at})
+        if entry.user and keep_place_seconds > 0:
+            tomb = state.tombstones.pop(place, None)  # used once, live or not
+            live = (
+                tomb is not None
+                and tomb.expires_at > now
+                and tomb.removed_at + timedelta(seconds=keep_place_seconds) > now
+            )
+            if tomb is not None and live and tomb.requested_at < entry.requested_at:
+                entry = entry.model_copy(update={"requested_at": tomb.requested_at})
         state.queue[entry.key] = entry
         return entry
 
@@ -79,13 +112,7 @@ class MemoryQueueStore:
             keep = entry.requested_at
             if old is not None and old.expires_at > now and old.requested_at < keep:
                 keep = old.requested_at
-            state.tombstones[place] = Tombstone(
-                user=entry.user,
-                server=entry.server,
-                requested_at=keep,
-                expires_at=now + timedelta(seconds=keep_place_seconds),
-            )
-            state.removed_at[place] = now
+            state.tombstones[place] = _Tomb(keep, now, now + timedelta(seconds=keep_place_seconds))
         return entry
 
     async def grant(self, pool: str, key: str, holder: Holder) -> bool:
@@ -93,15 +120,24 @@ class MemoryQueueStore:
         entry = state.queue.pop(key, None)
         if entry is None:
             return False
-        state.holders[key] = holder
-        state.waits.append(max(0.0, (holder.granted_at - entry.requested_at).total_seconds()))
+        # The queue's requested-at (a kept place included) wins; the entry fills what the holder lacks.
+        state.holders[key] = holder.model_copy(
+            update={
+                "requested_at": entry.requested_at,
+                "user": holder.user or entry.user,
+                "server": holder.server or entry.server,
+                "uid": holder.uid or entry.uid,
+            }
+        )
+        wait = max(0.0, (holder.granted_at - entry.requested_at).total_seconds())
+        _push(state.waits, wait, self.stats_cap)
         return True
 
     async def release(self, pool: str, key: str, at: datetime) -> Holder | None:
         state = self._pool(pool, "release", key)
         holder = state.holders.pop(key, None)
         if holder is not None:
-            state.releases.append(at)
+            _push(state.releases, at, self.stats_cap)
         return holder
 
     async def entries(self, pool: str, start: int = 0, stop: int = -1) -> list[QueueEntry]:
@@ -145,31 +181,33 @@ class MemoryQueueStore:
         # Like the Redis script: with no room between the neighbours, keep the candidate whose
         # tie-break by key lands on the target place (or the last one tried).
         for score in candidates:
-            state.queue[key] = entry.model_copy(update={"requested_at": time_of(score)})
+            state.queue[key] = entry.model_copy(update={"requested_at": _time_of(score)})
             if [e.key for e in state.ordered()].index(key) == index:
                 break
         return state.queue[key]
 
     async def rebuild(self, pool: str, entries: Sequence[QueueEntry], holders: Sequence[Holder]) -> None:
         state = self._pool(pool, "rebuild", len(entries), len(holders))
-        state.queue = {e.key: e for e in entries}
         state.holders = {h.key: h for h in holders}
+        state.queue = {e.key: e for e in entries if e.key not in state.holders}  # holding wins
 
     async def find_user(self, user: str, server: str) -> list[tuple[str, QueueEntry | Holder]]:
         if self.down:
             raise StoreUnavailable("find_user: connection refused (test double is down)")
         self.calls.append(("find_user", (user, server)))
+        if not user:
+            return []
         out: list[tuple[str, QueueEntry | Holder]] = []
-        for name, state in self.pools.items():
+        for name, state in sorted(self.pools.items()):
             out += [(name, e) for e in state.ordered() if (e.user, e.server) == (user, server)]
             out += [(name, h) for h in state.holders.values() if (h.user, h.server) == (user, server)]
         return out
 
     async def wait_samples(self, pool: str, limit: int = 100) -> list[float]:
-        return list(reversed(self._pool(pool, "wait_samples", limit).waits))[:limit]
+        return self._pool(pool, "wait_samples", limit).waits[: max(limit, 1)]
 
     async def release_times(self, pool: str, limit: int = 100) -> list[datetime]:
-        return list(reversed(self._pool(pool, "release_times", limit).releases))[:limit]
+        return self._pool(pool, "release_times", limit).releases[: max(limit, 1)]
 
     async def ping(self) -> bool:
         return not self.down

@@ -1,0 +1,107 @@
+"""The watch cache: this replica's pods and nodes as the informers last showed them.
+
+Every replica keeps one, so its API answers capacity and usage without a call to the API server;
+the leader plans its grants from it and records its own writes in it (a removed gate, a released
+slice), so they count at once instead of when the watch catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from webhook.cluster_view import NodeView, PodView, node_view, pod_view
+from webhook.config import Config
+from webhook.grants import PoolPlan, plan
+from webhook.kube import Obj, obj_key
+
+
+class WatchCache:
+    """Pods and nodes by key. Every change bumps ``version`` and sets ``wake`` for the leader."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pods: dict[str, PodView] = {}
+        self.nodes: dict[str, NodeView] = {}
+        self.gone: list[PodView] = []  # last views of pods that left, for the leader's next pass
+        self.freed_at: dict[str, float] = {}  # pool -> monotonic time a slice was seen free
+        self.wake = asyncio.Event()
+        self.version = 0
+        self._usage: tuple[int, dict[str, tuple[int, int]]] = (-1, {})
+
+    # ------------------------------------------------------------------ the informers' callbacks
+
+    def pod_changed(self, kind: str, obj: Obj) -> None:
+        """One watch event. A pod that leaves (or stops being ours) keeps its last view in
+        ``gone``: the leader needs it to free its slice or keep its place."""
+        key = obj_key(obj)
+        view = None if kind == "DELETED" else pod_view(obj, self.config)
+        if view is None:
+            old = self.pods.pop(key, None)
+            if old is not None:
+                self.gone.append(old)
+        else:
+            self.pods[key] = view
+        self._changed()
+
+    def pods_synced(self, items: dict[str, Obj]) -> None:
+        """A fresh list replaces the cache; pods missing from it are gone."""
+        fresh: dict[str, PodView] = {}
+        for key, obj in items.items():
+            view = pod_view(obj, self.config)
+            if view is not None:
+                fresh[key] = view
+        self.gone.extend(view for key, view in self.pods.items() if key not in fresh)
+        self.pods = fresh
+        self._changed()
+
+    def node_changed(self, kind: str, obj: Obj) -> None:
+        key = obj_key(obj)
+        if kind == "DELETED":
+            self.nodes.pop(key, None)
+        else:
+            self.nodes[key] = node_view(obj)
+        self._changed()
+
+    def nodes_synced(self, items: dict[str, Obj]) -> None:
+        self.nodes = {key: node_view(obj) for key, obj in items.items()}
+        self._changed()
+
+    # ---------------------------------------------------------------------- the leader's writes
+
+    def record(self, view: PodView) -> None:
+        """A write of ours that moves a slice (gate removed, stuck pod released): it counts before
+        the watch shows it, so no second grant can use the same slice (I1)."""
+        self.pods[view.key] = view
+        self._changed()
+
+    def amend(self, view: PodView) -> None:
+        """A write of ours that moves no slice (a restored requested-at): the pass in progress
+        plans from it, and there is nothing to wake for."""
+        self.pods[view.key] = view
+
+    def take_gone(self) -> list[PodView]:
+        gone, self.gone = self.gone, []
+        return gone
+
+    def slice_freed(self, pool: str) -> None:
+        """Note when a slice of ``pool`` was first seen free: the gate-removal latency counts from it."""
+        self.freed_at.setdefault(pool, time.monotonic())
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def plans(self) -> dict[str, PoolPlan]:
+        pods, nodes = list(self.pods.values()), list(self.nodes.values())
+        return {name: plan(name, pool, pods, nodes) for name, pool in self.config.pools.items()}
+
+    def pool_usage(self, pool: str) -> tuple[int, int]:
+        """(capacity, in use), planned at most once per cache version: the API may ask often."""
+        version, usage = self._usage
+        if version != self.version:
+            usage = {name: (p.capacity, p.in_use) for name, p in self.plans().items()}
+            self._usage = (self.version, usage)
+        return usage.get(pool, (0, 0))
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.wake.set()

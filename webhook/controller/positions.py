@@ -1,0 +1,70 @@
+"""Position Events: a queued pod hears its place in the queue, with a wait estimate.
+
+A new Event goes out when a pod's position changes, at most one per pod per
+``eventMinIntervalSeconds``, so a queue of hundreds moving up by one does not flood the API
+server; stock KubeSpawner shows the newest on the spawn page.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from webhook.cluster_view import PodView
+from webhook.config import Config
+from webhook.controller.events import EventWriter
+from webhook.controller.records import holder_of
+from webhook.controller.store_breaker import StoreBreaker
+from webhook.eta import estimate, format_eta
+from webhook.grants import PoolPlan
+
+
+class PositionEvents:
+    """Remembers what each queued pod was last told, and when."""
+
+    def __init__(self, config: Config, breaker: StoreBreaker, events: EventWriter) -> None:
+        self.config = config
+        self.breaker = breaker
+        self.events = events
+        self.posted: dict[str, tuple[int, float]] = {}  # key -> (position last told, monotonic time)
+
+    def forget(self, key: str) -> None:
+        """The pod left the queue (granted or gone): should it queue again, it hears at once."""
+        self.posted.pop(key, None)
+
+    def reset(self) -> None:
+        """A new leader tells everyone afresh: it cannot know what the last one said."""
+        self.posted.clear()
+
+    async def tell(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
+        """Queue an Event for each queued pod of the pool whose position changed."""
+        if not pool_plan.queue:
+            return
+        release_times: list[datetime] = []
+        store = self.breaker.store
+        if store is not None:
+            release_times = await self.breaker.call("release_times", store.release_times(name)) or []
+        pool = self.config.pools[name]
+        interval = self.config.controller.event_min_interval_seconds
+        clock = time.monotonic()
+        length = len(pool_plan.queue)
+        holders = [holder_of(h) for h in pool_plan.holders]
+        todo: list[tuple[PodView, str]] = []
+        for index, view in enumerate(pool_plan.queue):
+            position = index + 1
+            last = self.posted.get(view.key)
+            if last is not None and (last[0] == position or clock - last[1] < interval):
+                continue
+            eta = estimate(
+                position=position,
+                capacity=pool_plan.capacity,
+                holders=holders,
+                release_times=release_times,
+                cull_timeout_seconds=pool.cull_timeout_seconds,
+                now=now,
+            )
+            message = f"Waiting for a GPU slice: position {position} of {length}, {format_eta(eta)}"
+            self.posted[view.key] = (position, clock)
+            todo.append((view, message))
+        for view, message in todo:
+            self.events.emit(view, "Queued", message)
