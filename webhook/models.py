@@ -1,11 +1,11 @@
-"""The queue's wire models: entries, holders, kept places, positions and ETAs.
+"""The queue's wire models: entries, holders, positions and ETAs.
 
 Shared by the Redis store, the controller, the HTTP API and the CLI, so each answer has one shape.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,10 +30,6 @@ def split_key(key: str) -> tuple[str, str]:
 def score_of(requested_at: datetime) -> float:
     """FIFO score: microseconds since the epoch (exact in a double until the year 2255)."""
     return float(round(requested_at.timestamp() * 1_000_000))
-
-
-def time_of(score: float) -> datetime:
-    return datetime.fromtimestamp(score / 1_000_000, tz=UTC)
 
 
 class QueueEntry(_Wire):
@@ -70,15 +66,6 @@ class Holder(_Wire):
     @property
     def key(self) -> str:
         return pod_key(self.namespace, self.name)
-
-
-class Tombstone(_Wire):
-    """A queued pod that disappeared: its place, kept for ``keepPlaceSeconds``."""
-
-    user: str
-    server: str = ""
-    requested_at: datetime = Field(alias="requestedAt")
-    expires_at: datetime = Field(alias="expiresAt")
 
 
 class PositionState(StrEnum):
