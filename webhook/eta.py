@@ -8,8 +8,10 @@ The method (the docs quote this):
    average of the interval (the newest weighs 1/4) and one of its absolute deviation (the spread).
    When the time since the newest release is already longer than that average, it is folded in as
    one more interval, so a quiet evening lengthens estimates instead of keeping the afternoon's rate.
-2. **Slices needed.** Position *p* needs *n = p - free* releases, where *free = capacity - holders*.
-   If a slice is free already (*n <= 0*), the wait is under a minute (the controller's next pass).
+2. **Slices needed.** A queued pod needs *n = s - free* releases, where *s* is the slices it and
+   everyone ahead of it ask for (its position *p* when every profile asks for one slice) and
+   *free = capacity - in use*. If they fit already (*n <= 0*), the wait is under a minute (the
+   controller's next pass).
 3. **Range.** *n* intervals take about *n x average*; the range is that centre plus or minus
    *sqrt(n) x spread* (the spread of a sum of *n* independent intervals), and at least plus or minus
    15 % of the centre. It widens with the spread of the intervals and with the position.
@@ -83,7 +85,9 @@ def culler_bound(
 
     Each slice frees at the latest at its grant time + the cull timeout (a free slice: now); the
     user ahead who takes it frees it again one timeout later. Holders beyond the capacity (it
-    shrank) free slices that are not handed out again. None when the pool has no capacity.
+    shrank) free slices that are not handed out again. None when the pool has no capacity. Each
+    holder counts as one slice here: a two-slice holder frees two at once, so the bound is loose
+    (later than the truth), never early.
     """
     if capacity <= 0:
         return None
@@ -106,21 +110,23 @@ def _minutes(seconds: float) -> str:
 
 def estimate(
     *,
-    position: int,
+    slices: int,
     capacity: int,
+    in_use: int,
     holders: Sequence[Holder],
     release_times: Sequence[datetime],
     cull_timeout_seconds: float,
     now: datetime,
     min_samples: int = 3,
 ) -> Eta:
-    """The wait of a queued ``position`` (1-based) as a range; see the module docstring."""
-    if position < 1:
-        raise ValueError(f"position must be >= 1, got {position}")
+    """The wait of a queued pod as a range; see the module docstring. ``slices`` is what it and
+    everyone ahead of it ask for (its position when every profile asks for one slice)."""
+    if slices < 1:
+        raise ValueError(f"slices must be >= 1, got {slices}")
     if capacity <= 0:
         return Eta(known=False, method="the pool has no capacity (no nodes offer the resource)")
-    free = max(capacity - len(holders), 0)
-    needed = position - free
+    free = max(capacity - in_use, 0)
+    needed = slices - free
     if needed <= 0:
         return Eta(
             known=True,
@@ -130,7 +136,7 @@ def estimate(
         )
 
     bound = culler_bound(
-        position=position, capacity=capacity, holders=holders, cull_timeout_seconds=cull_timeout_seconds, now=now
+        position=slices, capacity=capacity, holders=holders, cull_timeout_seconds=cull_timeout_seconds, now=now
     )
     culler = (
         f"if the holders are idle, the idle culler frees a slice for this position within {_minutes(bound)}"

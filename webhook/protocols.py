@@ -73,7 +73,11 @@ class ClusterView(Protocol):
     and the two pod writes an admin edit makes. Implemented by ``webhook.controller``."""
 
     def pool_usage(self, pool: str) -> tuple[int, int]:
-        """(capacity, in use) of a pool as last observed; (0, 0) before the first sync."""
+        """(capacity, in use) of a pool in slices as last observed; (0, 0) before the first sync."""
+
+    def slices_through(self, pool: str, key: str) -> int | None:
+        """Slices the queued pod ``key`` and everyone ahead of it ask for (its position when every
+        profile asks for one); None when the watch cache does not have it queued."""
 
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         """True/False from the watch cache; None when this replica has no cache (not synced)."""

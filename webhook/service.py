@@ -36,6 +36,9 @@ class ClusterProxy:
     def pool_usage(self, pool: str) -> tuple[int, int]:
         return self.controller.pool_usage(pool) if self.controller else (0, 0)
 
+    def slices_through(self, pool: str, key: str) -> int | None:
+        return self.controller.slices_through(pool, key) if self.controller else None
+
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         return self.controller.pod_exists(namespace, name) if self.controller else None
 

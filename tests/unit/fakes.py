@@ -218,6 +218,7 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.usage: dict[str, tuple[int, int]] = {}
+        self.through: dict[tuple[str, str], int] = {}  # (pool, key) -> slices through, when set
         self.pods: set[tuple[str, str]] = set()
         self.synced = True
         self.deleted: list[tuple[str, str]] = []
@@ -226,6 +227,9 @@ class FakeCluster:
 
     def pool_usage(self, pool: str) -> tuple[int, int]:
         return self.usage.get(pool, (0, 0))
+
+    def slices_through(self, pool: str, key: str) -> int | None:
+        return self.through.get((pool, key))
 
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         if not self.synced:

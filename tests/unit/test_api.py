@@ -361,8 +361,8 @@ async def test_pool_queue_lists_entries_head_first_with_1_based_positions_waits_
     positions: list[int] = []
 
     def fake_estimate(**kwargs: Any) -> Eta:
-        positions.append(kwargs["position"])
-        return Eta(known=True, min_seconds=60.0 * kwargs["position"], max_seconds=90.0 * kwargs["position"])
+        positions.append(kwargs["slices"])
+        return Eta(known=True, min_seconds=60.0 * kwargs["slices"], max_seconds=90.0 * kwargs["slices"])
 
     monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
     answer = await api.call("GET", "/pools/{pool}/queue", pool="gpu")
@@ -452,10 +452,28 @@ async def test_the_eta_comes_from_estimate_with_the_stores_release_times_and_hol
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert answer.body["eta"] == {"known": True, "minSeconds": 600.0, "maxSeconds": 1500.0, "method": "test"}
     [call] = seen
-    assert call["position"] == 3 and call["capacity"] == 8 and call["now"] == NOW
+    assert call["slices"] == 3 and call["capacity"] == 8 and call["in_use"] == 8 and call["now"] == NOW
     assert call["cull_timeout_seconds"] == 3600
     assert list(call["release_times"]) == [at(3000), at(2000), at(1000)]  # newest first
     assert [h.name for h in call["holders"]] == [f"jupyter-holder{i}" for i in range(8)]
+
+
+async def test_the_eta_counts_the_slices_of_those_ahead_as_the_watch_cache_has_them(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Third in line behind two two-slice users: five slices must free, not three."""
+    await seed(api.store, api.cluster)
+    api.cluster.through[("gpu", f"{NS}/jupyter-carol")] = 5
+    seen: list[dict[str, Any]] = []
+
+    def fake_estimate(**kwargs: Any) -> Eta:
+        seen.append(kwargs)
+        return Eta(known=False, method="test")
+
+    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
+    answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
+    assert answer.body["position"] == 3
+    assert [call["slices"] for call in seen] == [5]
 
 
 async def test_a_failing_estimate_still_answers_the_position_with_an_unknown_eta(

@@ -36,8 +36,9 @@ FULL = holders(*(5.0 * i for i in range(8)))  # 8 of 8 slices in use, granted 0.
 
 def eta(position: int, times: list[datetime], *, capacity: int = 8, held: list[Holder] = FULL, **kw: float) -> Eta:
     return estimate(
-        position=position,
+        slices=position,
         capacity=capacity,
+        in_use=int(kw.get("in_use", len(held))),
         holders=held,
         release_times=times,
         cull_timeout_seconds=kw.get("cull", HOUR),
@@ -134,8 +135,8 @@ def test_only_the_newest_twenty_releases_count() -> None:
     assert eta(3, old_and_slow) == eta(3, recent)
 
 
-def test_position_below_one_is_rejected() -> None:
-    with pytest.raises(ValueError, match="position"):
+def test_fewer_than_one_slice_is_rejected() -> None:
+    with pytest.raises(ValueError, match="slices"):
         eta(0, every(10, 5))
 
 

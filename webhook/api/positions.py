@@ -20,6 +20,7 @@ from webhook.api.state import CLOCK_KEY, CLUSTER_KEY, CONFIG_KEY, STORE_KEY, poo
 from webhook.config import Pool
 from webhook.eta import estimate
 from webhook.models import Eta, Holder, PoolStatus, Position, PositionState, pod_key
+from webhook.protocols import ClusterView
 
 # The whole API logs under one name, whichever module logs, so one filter finds its records.
 log = logging.getLogger("webhook.api")
@@ -51,13 +52,16 @@ class _PoolSnapshot:
     in_use: int
     holders: list[Holder]
     release_times: list[datetime]
+    cluster: ClusterView
 
-    def eta(self, position: int, now: datetime) -> Eta:
-        """The estimate, or "unknown" if estimating fails: a position without an ETA still helps."""
+    def eta(self, position: int, key: str, now: datetime) -> Eta:
+        """The estimate, or "unknown" if estimating fails: a position without an ETA still helps.
+        It counts the slices the pod and those ahead ask for (as the cache has them), else one each."""
         try:
             return estimate(
-                position=position,
+                slices=self.cluster.slices_through(self.name, key) or position,
                 capacity=self.capacity,
+                in_use=self.in_use,
                 holders=self.holders,
                 release_times=self.release_times,
                 cull_timeout_seconds=float(self.config.cull_timeout_seconds),
@@ -70,9 +74,10 @@ class _PoolSnapshot:
 
 async def _snapshot(request: web.Request, pool: str, config: Pool) -> _PoolSnapshot:
     store = request.app[STORE_KEY]
-    capacity, in_use = request.app[CLUSTER_KEY].pool_usage(pool)
+    cluster = request.app[CLUSTER_KEY]
+    capacity, in_use = cluster.pool_usage(pool)
     holders, release_times = await asyncio.gather(store.holders(pool), store.release_times(pool))
-    return _PoolSnapshot(pool, config, capacity, in_use, holders, release_times)
+    return _PoolSnapshot(pool, config, capacity, in_use, holders, release_times, cluster)
 
 
 async def _queued_position(request: web.Request, pool: str, config: Pool, key: str) -> Position | None:
@@ -100,7 +105,7 @@ async def _queued_position(request: web.Request, pool: str, config: Pool, key: s
         capacity=snap.capacity,
         in_use=snap.in_use,
         requested_at=entry.requested_at if entry else None,
-        eta=snap.eta(position, now),
+        eta=snap.eta(position, key, now),
         refresh_seconds=_refresh(PositionState.QUEUED, position),
     )
 
@@ -158,7 +163,7 @@ async def get_pool_queue(request: web.Request) -> web.Response:
             **entry.model_dump(),
             position=query.offset + i + 1,
             waiting_seconds=max(0.0, (now - entry.requested_at).total_seconds()),
-            eta=snap.eta(query.offset + i + 1, now),
+            eta=snap.eta(query.offset + i + 1, entry.key, now),
         )
         for i, entry in enumerate(entries)
     ]

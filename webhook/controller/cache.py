@@ -27,7 +27,7 @@ class WatchCache:
         self.freed_at: dict[str, float] = {}  # pool -> monotonic time a slice was seen free
         self.wake = asyncio.Event()
         self.version = 0
-        self._usage: tuple[int, dict[str, tuple[int, int]]] = (-1, {})
+        self._planned: tuple[int, dict[str, PoolPlan]] = (-1, {})
 
     # ------------------------------------------------------------------ the informers' callbacks
 
@@ -94,13 +94,29 @@ class WatchCache:
         pods, nodes = list(self.pods.values()), list(self.nodes.values())
         return {name: plan(name, pool, pods, nodes) for name, pool in self.config.pools.items()}
 
-    def pool_usage(self, pool: str) -> tuple[int, int]:
-        """(capacity, in use), planned at most once per cache version: the API may ask often."""
-        version, usage = self._usage
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        """The pool's plan for readers (the API), made at most once per cache version: it may ask
+        often. None for a pool that is not configured."""
+        version, planned = self._planned
         if version != self.version:
-            usage = {name: (p.capacity, p.in_use) for name, p in self.plans().items()}
-            self._usage = (self.version, usage)
-        return usage.get(pool, (0, 0))
+            planned = self.plans()
+            self._planned = (self.version, planned)
+        return planned.get(pool)
+
+    def pool_usage(self, pool: str) -> tuple[int, int]:
+        """(capacity, in use) in slices."""
+        found = self.readers_plan(pool)
+        return (found.capacity, found.in_use) if found is not None else (0, 0)
+
+    def slices_through(self, pool: str, key: str) -> int | None:
+        """Slices a queued pod and everyone ahead of it ask for; None when it is not queued here."""
+        found = self.readers_plan(pool)
+        if found is None:
+            return None
+        for pod, through in zip(found.queue, found.slices_through, strict=True):
+            if pod.key == key:
+                return through
+        return None
 
     def _changed(self) -> None:
         self.version += 1

@@ -50,14 +50,15 @@ class PositionEvents:
         length = len(pool_plan.queue)
         holders = [holder_of(h) for h in pool_plan.holders]
         todo: list[tuple[PodView, str]] = []
-        for index, view in enumerate(pool_plan.queue):
+        for index, (view, slices) in enumerate(zip(pool_plan.queue, pool_plan.slices_through, strict=True)):
             position = index + 1
             last = self.posted.get(view.key)
             if last is not None and (last[0] == position or clock - last[1] < interval):
                 continue
             eta = estimate(
-                position=position,
+                slices=slices,
                 capacity=pool_plan.capacity,
+                in_use=pool_plan.in_use,
                 holders=holders,
                 release_times=release_times,
                 cull_timeout_seconds=pool.cull_timeout_seconds,

@@ -107,6 +107,9 @@ class QueueController:
     def pool_usage(self, pool: str) -> tuple[int, int]:
         return self.cache.pool_usage(pool)
 
+    def slices_through(self, pool: str, key: str) -> int | None:
+        return self.cache.slices_through(pool, key)
+
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         if not self.pod_informer.synced.is_set():
             return None
