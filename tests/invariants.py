@@ -39,7 +39,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpu_queue_dev.cluster import DevCluster
-from gpu_queue_dev.cluster.kube import client_ssl_context
+from gpu_queue_dev.cluster.pki import client_ssl_context
 from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.scenarios import ADMITTED_AT, GATE, REQUESTED_AT, Target
 from webhook.kube import Kube, KubeError

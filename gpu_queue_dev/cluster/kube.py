@@ -1,96 +1,58 @@
-"""A minimal Kubernetes REST client over aiohttp with a client certificate.
+"""The dev cluster's API client: the product's ``webhook.kube.Kube`` with a client certificate and
+the few calls start-up and the tests make (create, server-side apply, merge patch).
 
-The dev cluster creates a handful of objects at start-up; plain REST keeps that fast (no
-generated-client import, which costs about a second) and shows exactly what is sent.
+Errors are the product's ``webhook.kube.KubeError`` (``status``, ``reason`` = the API server's
+message, ``body`` = its Status object), so the dev tooling and the service fail the same way.
+
+    async with DevKube.connect(server, ca, cert, key) as kube:
+        await kube.get("/api/v1/nodes")
 """
 
 from __future__ import annotations
 
-import json
-import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiohttp
+from kubernetes_asyncio import client as k8s
+
+from webhook.kube import Kube, KubeError
 
 JSON = dict[str, Any]
 FIELD_MANAGER = "gpu-queue-dev"
 
 
-class KubeError(Exception):
-    """An API call failed: HTTP status and the API server's message."""
+class DevKube(Kube):
+    """``Kube`` plus ``async with`` and the dev cluster's conveniences."""
 
-    def __init__(self, method: str, path: str, status: int, message: str) -> None:
-        super().__init__(f"{method} {path}: {status} {message}")
-        self.status = status
-        self.message = message
+    @classmethod
+    def connect(cls, server: str, ca_file: Path, cert_file: Path, key_file: Path, timeout: float = 10.0) -> DevKube:
+        """A client for one client-certificate identity (no kubeconfig to parse, no token)."""
+        configuration = k8s.Configuration()
+        configuration.host = server.rstrip("/")
+        configuration.ssl_ca_cert = str(ca_file)
+        configuration.cert_file = str(cert_file)
+        configuration.key_file = str(key_file)
+        return cls(k8s.ApiClient(configuration), timeout=timeout)
 
-
-def client_ssl_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
-    """Verify the server against ``ca_file``; present the client certificate if given."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if cert_file is not None:
-        ctx.load_cert_chain(str(cert_file), str(key_file) if key_file is not None else None)
-    return ctx
-
-
-class KubeClient:
-    """``async with KubeClient(...) as kube: await kube.get("/api/v1/nodes")``."""
-
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, timeout: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> KubeClient:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl), timeout=self._timeout)
+    async def __aenter__(self) -> DevKube:
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.aclose()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: dict[str, str] | None = None,
-        content_type: str = "application/json",
-    ) -> JSON:
-        if self._session is None:
-            raise RuntimeError("KubeClient used outside 'async with'")
-        data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        async with self._session.request(
-            method, self.base_url + path, data=data, params=params, headers=headers
-        ) as resp:
-            text = await resp.text()
-            try:
-                payload: Any = json.loads(text) if text else {}
-            except ValueError:
-                payload = {"message": text}
-            if resp.status >= 400:
-                message = payload.get("message", text) if isinstance(payload, dict) else text
-                raise KubeError(method, path, resp.status, str(message))
-            return payload if isinstance(payload, dict) else {"items": payload}
-
-    async def get(self, path: str, params: dict[str, str] | None = None) -> JSON:
-        return await self.request("GET", path, params=params)
+    async def get(self, path: str, query: dict[str, str] | None = None) -> JSON:
+        return await self.request("GET", path, query=query)
 
     async def create(self, path: str, body: JSON, *, exist_ok: bool = True, dry_run: bool = False) -> JSON:
         """POST; an object that already exists is fine when ``exist_ok`` (start-up is re-runnable)."""
-        params = {"fieldManager": FIELD_MANAGER}
+        query = {"fieldManager": FIELD_MANAGER}
         if dry_run:
-            params["dryRun"] = "All"
+            query["dryRun"] = "All"
         try:
-            return await self.request("POST", path, body, params=params)
+            return await self.request("POST", path, query=query, body=body)
         except KubeError as exc:
             if exist_ok and exc.status == 409:
                 return {}
@@ -101,20 +63,12 @@ class KubeClient:
         return await self.request(
             "PATCH",
             path,
-            body,
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
             content_type="application/apply-patch+yaml",
         )
 
     async def merge_patch(self, path: str, body: JSON) -> JSON:
         return await self.request(
-            "PATCH", path, body, params={"fieldManager": FIELD_MANAGER}, content_type="application/merge-patch+json"
+            "PATCH", path, query={"fieldManager": FIELD_MANAGER}, body=body, content_type="application/merge-patch+json"
         )
-
-    async def delete(self, path: str, params: dict[str, str] | None = None) -> JSON:
-        try:
-            return await self.request("DELETE", path, params=params)
-        except KubeError as exc:
-            if exc.status == 404:
-                return {}
-            raise

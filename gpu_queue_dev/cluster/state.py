@@ -1,5 +1,6 @@
 """The dev cluster's state file: what ``dev up`` started and where, so ``down``/``status`` (other
-Python processes, later) can find and stop it, and so tests and people know the addresses."""
+Python processes, later) can find and stop it, and so tests and people know the addresses. Also
+``write_file``, how every file in the state directory is written (with its mode from the start)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,14 @@ def save_state(state: DevState) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_file(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` with ``mode`` (set before any byte lands: keys are 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(raw)
+    return path

@@ -312,6 +312,66 @@ def test_render_refuses_a_scope_that_would_include_ours_or_kube_system_or_nothin
         render_chart({"hubNamespaces": hubs})
 
 
+# The webhook.url mode: a service the API server reaches by URL, not through the release's Service
+# (the dev cluster's local replicas use it), verified with a CA given in the values.
+URL_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+URL_MODE: dict[str, Any] = {"webhook": {"url": "https://gpu-queue.example.org:8443/", "caBundle": URL_CA}}
+
+
+@pytest.mark.parametrize("certs", ["selfManaged", "certManager"])
+def test_webhook_url_mode_calls_the_url_with_the_ca_bundle_of_the_values(certs: str) -> None:
+    values = {**URL_MODE, "certs": {"mode": certs}}
+    lint_chart(values)
+    objects = render_chart(values)
+    for kind, path in (("MutatingWebhookConfiguration", "/mutate"), ("ValidatingWebhookConfiguration", "/validate")):
+        config = one(objects, kind)
+        (hook,) = config["webhooks"]
+        assert hook["clientConfig"] == {"url": f"https://gpu-queue.example.org:8443{path}", "caBundle": URL_CA}
+        # nothing else owns the caBundle: no cainjector annotation, and the Jobs do not patch it
+        assert config["metadata"]["annotations"] == {"gpu-queue.io/ca-bundle-from": "values"}
+        for version in SCHEMA_VERSIONS:
+            kubernetes_validate.validate(config, version, strict=True)
+    for job in find(objects, "Job"):
+        assert build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"]).patch_webhooks == []
+    assert not [g for g in grants_of(objects, NAMESPACE, f"{FULLNAME}-certs") if g[1] == "admissionregistration.k8s.io"]
+    # the rest is as with the Service: the scope, the service's grants, the serving certificate
+    assert grants_of(objects, NAMESPACE, FULLNAME) == set(SERVICE_GRANTS)
+    for hook in webhooks(objects):
+        assert selector_matches(hook["namespaceSelector"], namespace_labels("jhub"))
+        assert not selector_matches(hook["namespaceSelector"], namespace_labels(NAMESPACE))
+    assert find(objects, "Job" if certs == "selfManaged" else "Certificate")
+
+
+def test_webhook_url_without_a_ca_bundle_keeps_the_charts_certificates() -> None:
+    """A URL that serves the chart's own certificate (e.g. a name in certs.extraDnsNames): the
+    caBundle is still set by the post-install Job, as with the Service."""
+    objects = render_chart(
+        {"webhook": {"url": "https://queue.example.org"}, "certs": {"extraDnsNames": ["queue.example.org"]}}
+    )
+    assert [h["clientConfig"] for h in webhooks(objects)] == [
+        {"url": "https://queue.example.org/mutate"},
+        {"url": "https://queue.example.org/validate"},
+    ]
+    post = one(objects, "Job", f"{FULLNAME}-certs-post")
+    assert build_parser().parse_args(post["spec"]["template"]["spec"]["containers"][0]["args"]).patch_webhooks == [
+        FULLNAME
+    ]
+
+
+@pytest.mark.parametrize(
+    ("webhook", "match"),
+    [
+        ({"caBundle": URL_CA}, "only used with webhook.url"),  # with the Service, certs.mode owns it
+        ({"url": "http://queue.example.org"}, "webhook/url"),  # the API server calls https only
+        ({"url": "https://queue.example.org/?x=1"}, "webhook/url"),  # no query (nor fragment)
+        ({"url": "https://user@queue.example.org"}, "webhook/url"),  # no credentials
+    ],
+)
+def test_webhook_url_mode_refuses_what_the_api_server_would(webhook: dict[str, str], match: str) -> None:
+    with pytest.raises(HelmError, match=match):
+        render_chart({"webhook": webhook})
+
+
 # --------------------------------------------------------------------------- the config file
 
 

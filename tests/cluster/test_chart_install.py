@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from gpu_queue_dev.cluster import DevCluster, KubeError
+from gpu_queue_dev.cluster import DevCluster
 from tests.helpers.chart import CHART_DIR, helm_path
 from tests.helpers.cluster import run_sync
+from webhook.kube import KubeError
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,7 +1,8 @@
 """The dev cluster itself: what the scenario tests and ``gpu-queue dev`` rely on.
 
 Pins: the API server calls the webhook over TLS (a KubeSpawner pod gets its profile's resources,
-a GPU pod its gate); RBAC is really enforced on the service's identity; the fake GPU node reports
+a GPU pod its gate); the service's RBAC and webhooks are the chart's, and RBAC is really enforced
+on the service's identity (the chart's ServiceAccount); the fake GPU node reports
 its slices and follows ``set_gpu_slices``; kwok runs, readies and deletes pods on fake nodes; the
 fault-injection methods work; ``dev up/status/down`` leaves no process behind.
 """
@@ -21,11 +22,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gpu_queue_dev.cluster import DevCluster, KubeError
+from gpu_queue_dev.cluster import DevCluster
 from gpu_queue_dev.cluster.procs import group_members
 from gpu_queue_dev.cluster.state import load_state
 from gpu_queue_dev.spawnerpods import pod_manifest
+from tests.helpers.chart import find, is_hook, render_chart
 from tests.helpers.cluster import wait_for
+from webhook.kube import KubeError
 from webhook.quantity import parse_quantity, same_quantity
 
 pytestmark = pytest.mark.timeout(180)
@@ -88,26 +91,49 @@ async def test_cluster_is_up(clean_cluster: DevCluster) -> None:
     assert state.startup_seconds < 60
 
 
-async def test_webhooks_registered_like_the_chart(clean_cluster: DevCluster) -> None:
+async def test_webhooks_and_rbac_are_the_charts(clean_cluster: DevCluster) -> None:
+    """What the API server holds is ``helm template`` of the chart (release gpu-queue in namespace
+    gpu-queue, webhooks in the ``webhook.url`` mode at replica 0): every rendered field of both
+    webhook configurations, the ServiceAccount, and every rule and binding of the service's RBAC."""
     c = clean_cluster
-    api = "/apis/admissionregistration.k8s.io/v1"
+    ca_bundle = base64.b64encode(c.ca_file.read_bytes()).decode()
+    rendered = render_chart(
+        {"hubNamespaces": [c.hub_namespace], "webhook": {"url": c.api_url(0), "caBundle": ca_bundle}}
+    )
+    admission, rbac = "/apis/admissionregistration.k8s.io/v1", "/apis/rbac.authorization.k8s.io/v1"
+    paths = {
+        "MutatingWebhookConfiguration": admission + "/mutatingwebhookconfigurations/{name}",
+        "ValidatingWebhookConfiguration": admission + "/validatingwebhookconfigurations/{name}",
+        "ServiceAccount": "/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
+        "ClusterRole": rbac + "/clusterroles/{name}",
+        "ClusterRoleBinding": rbac + "/clusterrolebindings/{name}",
+        "Role": rbac + "/namespaces/{namespace}/roles/{name}",
+        "RoleBinding": rbac + "/namespaces/{namespace}/rolebindings/{name}",
+    }
+    compared: list[str] = []
     async with c.kube() as kube:
-        mutating = await kube.get(f"{api}/mutatingwebhookconfigurations/gpu-queue")
-        validating = await kube.get(f"{api}/validatingwebhookconfigurations/gpu-queue")
-    for config, path, operations in (
-        (mutating, "/mutate", ["CREATE"]),
-        (validating, "/validate", ["CREATE", "UPDATE"]),
-    ):
-        (hook,) = config["webhooks"]
-        assert hook["clientConfig"]["url"] == c.api_url(0) + path
-        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == c.ca_file.read_bytes()
-        assert hook["objectSelector"] == {"matchLabels": {"component": "singleuser-server"}}
-        assert hook["namespaceSelector"]["matchExpressions"] == [
-            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["jhub"]}
-        ]
-        assert (hook["sideEffects"], hook["timeoutSeconds"], hook["failurePolicy"]) == ("None", 2, "Fail")
-        assert hook["rules"][0]["operations"] == operations
-        assert hook["rules"][0]["resources"] == ["pods"]
+        for kind, template in paths.items():
+            expected = [o for o in find(rendered, kind) if not is_hook(o)]  # no certificate Jobs here
+            assert expected, kind
+            for obj in expected:
+                live = await kube.get(template.format(**obj["metadata"]))
+                compared.append(f"{kind}/{obj['metadata']['name']}")
+                if "webhooks" in obj:
+                    for want, got in zip(obj["webhooks"], live["webhooks"], strict=True):
+                        assert {k: got.get(k) for k in want} == want, kind
+                for field in ("rules", "roleRef", "subjects"):
+                    assert live.get(field) == obj.get(field), (kind, obj["metadata"]["name"], field)
+    assert "ClusterRoleBinding/gpu-queue-read" in compared and "RoleBinding/gpu-queue" in compared
+    hooks = _rendered_hooks(rendered)  # equal to the live ones (above): the URL mode itself
+    assert sorted(h["clientConfig"]["url"] for h in hooks) == [c.api_url(0) + "/mutate", c.api_url(0) + "/validate"]
+    assert all("service" not in h["clientConfig"] and h["clientConfig"]["caBundle"] == ca_bundle for h in hooks)
+
+
+def _rendered_hooks(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        h for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration") for o in find(objects, kind)
+        for h in o["webhooks"]
+    ]  # fmt: skip
 
 
 async def test_api_server_calls_the_webhook_over_tls(clean_cluster: DevCluster) -> None:
@@ -150,19 +176,17 @@ async def test_validating_webhook_denies_a_foreign_gate_removal(clean_cluster: D
         gpu = await kube.create(pods, await pod_manifest("carol", "gpu-enabled"), exist_ok=False)
         name = gpu["metadata"]["name"]
         with pytest.raises(KubeError) as denied:
-            await kube.request(
-                "PATCH",
+            await kube.patch_json(
                 f"{pods}/{name}",
                 [
                     {"op": "test", "path": "/spec/schedulingGates/0/name", "value": GATE},
                     {"op": "remove", "path": "/spec/schedulingGates/0"},
                 ],
-                content_type="application/json-patch+json",
             )
     # 422 if the controller removed the gate first (the test op fails): also not a removal by us.
     if denied.value.status != 422:
         assert denied.value.status in (400, 403)
-        assert "validate.gpu-queue.io" in denied.value.message and "only gpu-queue" in denied.value.message
+        assert "validate.gpu-queue.io" in denied.value.reason and "only gpu-queue" in denied.value.reason
 
 
 async def test_rbac_is_enforced_on_the_service_identity(clean_cluster: DevCluster) -> None:
@@ -171,7 +195,7 @@ async def test_rbac_is_enforced_on_the_service_identity(clean_cluster: DevCluste
         await kube.get(f"/api/v1/namespaces/{c.hub_namespace}/pods")
         await kube.get("/api/v1/pods")  # every namespace: other GPU users on the pool's nodes (I1)
         await kube.get("/api/v1/nodes")
-        await kube.get("/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases")
+        await kube.get("/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases/gpu-queue-leader")  # its Lease
         for method, path, body in (
             ("PATCH", "/api/v1/namespaces/default/pods/x", {}),  # writes only in the hub namespace
             ("DELETE", "/api/v1/namespaces/default/pods/x", None),
@@ -179,16 +203,17 @@ async def test_rbac_is_enforced_on_the_service_identity(clean_cluster: DevCluste
             ("POST", f"/api/v1/namespaces/{c.hub_namespace}/pods", {"metadata": {"name": "x"}}),
             ("PATCH", f"/api/v1/nodes/{c.gpu_node}", {}),
             ("GET", "/apis/coordination.k8s.io/v1/namespaces/jhub/leases", None),
+            ("GET", "/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases", None),  # only its own, by name
         ):
             with pytest.raises(KubeError) as forbidden:
                 await kube.request(
                     method,
                     path,
-                    body,
+                    body=body,
                     content_type="application/merge-patch+json" if method == "PATCH" else "application/json",
                 )
             assert forbidden.value.status == 403, (method, path, forbidden.value)
-            assert "system:serviceaccount:gpu-queue:gpu-queue" in forbidden.value.message
+            assert "system:serviceaccount:gpu-queue:gpu-queue" in forbidden.value.reason
 
 
 # --------------------------------------------------------------------------------- nodes
@@ -239,7 +264,7 @@ async def test_ungated_pod_on_the_fake_gpu_node_runs_and_deletes(clean_cluster: 
         assert p["status"].get("podIP")
 
         started = time.monotonic()
-        await kube.request("DELETE", f"{pods}/plain-gpu", params={"gracePeriodSeconds": "30"})
+        await kube.delete(f"{pods}/plain-gpu", grace_seconds=30)
 
         async def gone() -> bool:
             try:
@@ -274,7 +299,7 @@ async def test_point_webhooks_at_another_replica(clean_cluster: DevCluster) -> N
     async with c.kube() as kube:
         with pytest.raises(KubeError) as failed:
             await kube.create(pods, await pod_manifest("dave", "cpu-only"), exist_ok=False)
-        assert "failed calling webhook" in failed.value.message
+        assert "failed calling webhook" in failed.value.reason
         await c.point_webhooks_at(1)
 
         async def admitted() -> dict[str, Any]:

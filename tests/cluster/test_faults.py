@@ -493,7 +493,7 @@ async def test_new_leader_that_cannot_list_pods_retries_and_grants_once_allowed(
     queued = await rig.enqueue("rbq", 2)
     leader = await current_leader(rig.kube)
     survivor = 1 - leader
-    binding_path = f"{RBAC_API}/clusterrolebindings/gpu-queue"
+    binding_path = f"{RBAC_API}/clusterrolebindings/gpu-queue-read"
     refused_before = _refusals(await apiserver_metrics(cluster))
     async with cluster.kube() as admin:
         binding = await admin.get(binding_path)

@@ -205,10 +205,46 @@ matchExpressions:
 {{- toYaml .Values.securityContext }}
 {{- end }}
 
+{{/*
+"true" when the webhooks call webhook.url with the CA in webhook.caBundle: the caBundle is then
+rendered from the values, and neither cainjector nor the certificate Jobs touch it. Fails the
+render for a caBundle without a URL (with the Service, certs.mode sets the caBundle).
+*/}}
+{{- define "gpu-queue.caBundleFromValues" -}}
+{{- if and .Values.webhook.caBundle (not .Values.webhook.url) }}
+{{- fail "webhook.caBundle is only used with webhook.url; with the release's Service, certs.mode sets the caBundle" }}
+{{- end }}
+{{- if and .Values.webhook.url .Values.webhook.caBundle }}true{{ end }}
+{{- end }}
+
+{{/*
+A webhook's clientConfig, called as (dict "root" $ "path" "/mutate"): the release's Service, or
+webhook.url + path when webhook.url is set (a service not behind this release's Service).
+*/}}
+{{- define "gpu-queue.clientConfig" -}}
+{{- $root := .root }}
+{{- with $root.Values.webhook.url }}
+url: {{ printf "%s%s" (trimSuffix "/" .) $.path | quote }}
+{{- if include "gpu-queue.caBundleFromValues" $root }}
+caBundle: {{ $root.Values.webhook.caBundle | nospace | quote }}
+{{- end }}
+{{- else }}
+{{- $_ := include "gpu-queue.caBundleFromValues" $root }}
+service:
+  name: {{ include "gpu-queue.fullname" $root }}
+  namespace: {{ $root.Release.Namespace }}
+  path: {{ .path }}
+  port: {{ $root.Values.service.port }}
+{{- end }}
+{{- end }}
+
 {{/* Annotations of both webhook configurations: where their caBundle comes from. */}}
 {{- define "gpu-queue.webhookAnnotations" -}}
 annotations:
-{{- if eq .Values.certs.mode "certManager" }}
+{{- if include "gpu-queue.caBundleFromValues" . }}
+  # caBundle is rendered from webhook.caBundle: nothing injects or patches it.
+  gpu-queue.io/ca-bundle-from: values
+{{- else if eq .Values.certs.mode "certManager" }}
   # cert-manager's cainjector keeps caBundle equal to the serving certificate's CA.
   cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "gpu-queue.tlsSecretName" .) }}
 {{- else }}
