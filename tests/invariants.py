@@ -4,7 +4,8 @@
 service, so it sees every state the API server went through (one observation per watch event:
 each is the namespace's exact state at that resourceVersion) and checks:
 
-- **I1 capacity** at every observation: ungated, unfinished pods of the pool <= capacity.
+- **I1 capacity** at every observation: the slices of ungated, unfinished pods of the pool (a
+  two-slice pod counts two) plus other pods' use of the resource on its nodes <= capacity.
 - **I2 order**: no pod was granted while a pod requested earlier was still waiting. Grants of one
   controller pass share an ``admitted-at``; "still waiting" is decided from the watch's order of
   events (exact), or, for a pod the cluster showed only after the grant, from its first
@@ -168,6 +169,7 @@ class Track:
     granted_mono: float | None = None
     admitted_at: datetime | None = None
     gone_seq: int | None = None  # left the queue without a grant (deleted or terminating while gated)
+    slices: int = 1  # what its notebook asks of the pool's resource (a two-slice profile holds two)
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -351,6 +353,7 @@ class InvariantChecker:
             track.stamp = stamp
         track.present, track.finished, track.deleting = True, finished, _deleting(pod)
         track.gated = _gated(pod)
+        track.slices = max(1, _gpu_limit(pod))
         admitted = _stamp(pod, ADMITTED_AT)
         if track.gated:
             if track.deleting and track.gone_seq is None:
@@ -369,7 +372,7 @@ class InvariantChecker:
     def _check_capacity(self) -> None:
         """I1 at this observation (every watch event is one resourceVersion of the namespace)."""
         self.observations += 1
-        in_use = len(self._holding) + sum(self._other_use.values())
+        in_use = sum(self.tracks[uid].slices for uid in self._holding) + sum(self._other_use.values())
         self.max_in_use = max(self.max_in_use, in_use)
         if in_use > self.capacity:
             holders = sorted(self.tracks[uid].name for uid in self._holding)

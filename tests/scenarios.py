@@ -20,13 +20,24 @@ from typing import Any
 import aiohttp
 
 from gpu_queue_dev.spawnerpods import pod_manifest
-from tests.helpers.cluster import wait_for
+from tests.helpers.waiting import wait_for
 from webhook.kube import Kube, KubeError, pod_path
 from webhook.pods import parse_time
 
 GATE = "gpu-queue.io/slice"
 REQUESTED_AT = "gpu-queue.io/requested-at"
 ADMITTED_AT = "gpu-queue.io/admitted-at"
+PROFILE_LABEL = "gpu-queue.io/profile"
+# A profile that asks for two slices; the tiers' service config adds it (see DOUBLE_PROFILE_CONFIG).
+DOUBLE_PROFILE = "gpu-double"
+DOUBLE_PROFILE_CONFIG = {
+    DOUBLE_PROFILE: {
+        "displayName": "Two GPU slices",
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"},
+        "pool": "gpu",
+    }
+}
 
 
 @dataclass
@@ -51,6 +62,18 @@ class Target:
         """Create the pod a KubeSpawner hub would create for ``user``'s ``server``."""
         extra = {"image": self.image} if self.image else None
         pod = await pod_manifest(user, profile, server, namespace=self.namespace, extra=extra)
+        created: dict[str, Any] = await self.kube.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=pod)
+        return created
+
+    async def spawn_double(self, user: str) -> dict[str, Any]:
+        """A pod of a two-slice profile (``gpu-double``: the config must have it), as a hub with a
+        profile that sets ``extra_resource_limits: {nvidia.com/gpu: "2"}`` builds it."""
+        pod = await pod_manifest(
+            user, "gpu-enabled", namespace=self.namespace, extra={"image": self.image} if self.image else None
+        )
+        pod["metadata"]["labels"][PROFILE_LABEL] = DOUBLE_PROFILE
+        for container in pod["spec"]["containers"]:
+            container.setdefault("resources", {}).setdefault("limits", {})["nvidia.com/gpu"] = "2"
         created: dict[str, Any] = await self.kube.request("POST", f"/api/v1/namespaces/{self.namespace}/pods", body=pod)
         return created
 
@@ -311,3 +334,44 @@ async def _ungated(target: Target, name: str) -> dict[str, Any] | None:
 async def _queue_of(target: Target, length: int) -> tuple[list[str], list[str]] | None:
     holding, waiting = await holders_and_queue(target)
     return (holding, waiting) if len(waiting) == length else None
+
+
+async def two_slice_users_take_two_and_keep_their_turn(
+    target: Target, watch_use: Callable[[], Awaitable[int]], raise_capacity: Callable[[int], Awaitable[None]]
+) -> dict[str, Any]:
+    """Singles and doubles mixed: a double takes two slices; a double at the head blocks a single
+    behind it until two are free (strict FIFO); one more slice on the node lets the single in.
+    ``watch_use`` is what the service's API reports in use; the caller's checker watches I1."""
+    singles = await fill_pool(target, target.slices - 2, prefix="single")
+    first = (await target.spawn_double("double-a"))["metadata"]["name"]
+    await wait_for(lambda: _running(target, first), 30, "the first double to take the last two slices")
+    second = (await target.spawn_double("double-b"))["metadata"]["name"]
+    late = (await target.spawn("single-late"))["metadata"]["name"]
+    await wait_for(lambda: _queued_at(target, second, 1), 15, "the second double at position 1")
+    await wait_for(lambda: _queued_at(target, late, 2), 15, "the late single at position 2")
+
+    await target.logout(singles[0])
+    await wait_until_value(watch_use, target.slices - 1, 15, "one slice free")
+    # One slice is free: the single behind must not overtake the double at the head. Watch a while.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        pods = await target.pods()
+        assert gated(pods[late]), "the single overtook the two-slice head with one slice free"
+        assert gated(pods[second]), "the two-slice head was granted with one slice free"
+        await asyncio.sleep(0.2)
+
+    await target.logout(singles[1])
+    await wait_for(lambda: _ungated(target, second), 10, "the double to be granted once two slices are free")
+    assert gated((await target.pods())[late]), "the single was granted too: 10 of 8 slices in use"
+    await wait_until_value(watch_use, target.slices, 15, "all slices in use")
+
+    await raise_capacity(target.slices + 1)
+    await wait_for(lambda: _ungated(target, late), 10, "the single to get the new slice")
+    return {"doubles": [first, second], "single": late}
+
+
+async def wait_until_value(read: Callable[[], Awaitable[int]], want: int, within: float, what: str) -> None:
+    async def equal() -> bool:
+        return await read() == want
+
+    await wait_for(equal, within, f"{what} ({want})")

@@ -14,7 +14,7 @@ import pytest
 
 from gpu_queue_dev.cluster import DevCluster
 from tests.helpers.cluster import cluster_session, reset_cluster
-from tests.scenarios import Target
+from tests.scenarios import DOUBLE_PROFILE_CONFIG, Target
 from webhook.kube import Kube, load_client
 
 _HERE = Path(__file__).resolve().parent
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def dev_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """The session's dev cluster: 2 replicas, 8 slices, webhooks on replica 0."""
     # kwok readies a pod within a second, so a short admit timeout only bites the stuck-head test.
-    overrides = {"pools": {"gpu": {"admitTimeoutSeconds": STUCK_AFTER_SECONDS}}}
+    overrides = {"pools": {"gpu": {"admitTimeoutSeconds": STUCK_AFTER_SECONDS}}, "profiles": DOUBLE_PROFILE_CONFIG}
     with cluster_session(tmp_path_factory.mktemp("devcluster"), config_overrides=overrides) as cluster:
         yield cluster
 
