@@ -174,6 +174,12 @@ class Controller(_Model):
     lease_namespace: str = Field("", alias="leaseNamespace", description="Default: POD_NAMESPACE")
     lease_duration_seconds: float = Field(15.0, gt=0, alias="leaseDurationSeconds")
     event_min_interval_seconds: float = Field(10.0, ge=0, alias="eventMinIntervalSeconds")
+    restart_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        alias="restartBackoffSeconds",
+        description="First wait before a failed controller restarts; doubles up to 60 s while it keeps failing",
+    )
     identity: str = Field("", description="Leader identity; default: POD_NAME or the host name")
     order_settle_seconds: float = Field(
         1.0,

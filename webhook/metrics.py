@@ -68,6 +68,18 @@ REDIS_ERRORS = Counter(
     "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
 )
 LEADER = Gauge("leader", "1 while this replica holds the leader lease", namespace=_NS, registry=REGISTRY)
+CONTROLLER_UP = Gauge(
+    "controller_up",
+    "1 while this replica's queue controller runs, 0 while it restarts",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+CONTROLLER_RESTARTS = Counter(
+    "controller_restarts_total",
+    "Times the queue controller failed with an unexpected error and was restarted",
+    namespace=_NS,
+    registry=REGISTRY,
+)
 RECONCILE_DURATION = Histogram(
     "reconcile_duration_seconds",
     "Time of one full reconcile of the store against the pods",

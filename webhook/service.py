@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
+from webhook import metrics
 from webhook.api import create_api_app
 from webhook.config import Config
 from webhook.controller import QueueController
 from webhook.kube import Kube, load_client
 from webhook.redis_store import RedisQueueStore
+from webhook.server.health import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,9 @@ def build(config: Config) -> tuple[list[Component], web.Application]:
         if not config.controller.enabled:
             yield
             return
-        task = asyncio.create_task(_run_controller(config, store, cluster), name="queue-controller")
+        supervisor = ControllerSupervisor(config, store, cluster)
+        app[READINESS].report("controller", supervisor.status)
+        task = asyncio.create_task(supervisor.run(), name="queue-controller")
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -75,7 +81,64 @@ def build(config: Config) -> tuple[list[Component], web.Application]:
     return [redis_store, queue_controller], create_api_app(config, store, cluster)
 
 
-async def _run_controller(config: Config, store: RedisQueueStore, cluster: ClusterProxy) -> None:
+class ControllerSupervisor:
+    """Runs the queue controller and restarts it, with backoff, when it fails.
+
+    Nothing else would notice: admission and the API keep answering while a dead controller grants
+    nothing and reports ``inUse: 0``. A failure is logged with its error, counted
+    (``gpu_queue_controller_restarts_total``, ``gpu_queue_controller_up``) and shown in ``/readyz``;
+    the replica stays ready, because admission does not need the controller (I4).
+    """
+
+    def __init__(self, config: Config, store: RedisQueueStore, cluster: ClusterProxy) -> None:
+        self.config = config
+        self.store = store
+        self.cluster = cluster
+        self.state = "starting"
+        self.restarts = 0
+        self.last_error = ""
+        self.retry_at = 0.0  # monotonic
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"state": self.state, "restarts": self.restarts}
+        if self.last_error:
+            status["lastError"] = self.last_error
+        if self.state == "restarting":
+            status["retryInSeconds"] = round(max(0.0, self.retry_at - time.monotonic()), 1)
+        return status
+
+    async def run(self) -> None:
+        delay = self.config.controller.restart_backoff_seconds
+        while True:
+            started = time.monotonic()
+            try:
+                await _run_controller(self.config, self.store, self.cluster, on_running=self._running)
+                error = "the controller returned"  # it runs until cancelled: returning is a failure too
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            metrics.CONTROLLER_UP.set(0)
+            metrics.CONTROLLER_RESTARTS.inc()
+            if time.monotonic() - started > 60 * self.config.controller.restart_backoff_seconds:
+                delay = self.config.controller.restart_backoff_seconds  # it ran a good while: start over
+            self.state, self.restarts, self.last_error = "restarting", self.restarts + 1, error[:500]
+            self.retry_at = time.monotonic() + delay
+            log.error(
+                "queue controller failed; restarting it",
+                extra={"ctx": {"error": self.last_error, "restarts": self.restarts, "retry_seconds": delay}},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    def _running(self) -> None:
+        self.state = "running"
+        metrics.CONTROLLER_UP.set(1)
+
+
+async def _run_controller(
+    config: Config, store: RedisQueueStore, cluster: ClusterProxy, *, on_running: Callable[[], None]
+) -> None:
     """Connect to the API server (retrying: it may come up after us), then run the controller."""
     delay = 1.0
     while True:
@@ -94,6 +157,7 @@ async def _run_controller(config: Config, store: RedisQueueStore, cluster: Clust
     kube = Kube(api)
     controller = QueueController(config, kube, store)
     cluster.controller = controller
+    on_running()
     try:
         await controller.run()
     finally:

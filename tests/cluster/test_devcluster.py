@@ -27,7 +27,7 @@ from gpu_queue_dev.cluster.procs import group_members
 from gpu_queue_dev.cluster.state import load_state
 from gpu_queue_dev.spawnerpods import pod_manifest
 from tests.helpers.chart import find, is_hook, render_chart
-from tests.helpers.cluster import wait_for
+from tests.helpers.waiting import wait_for
 from webhook.kube import KubeError
 from webhook.quantity import parse_quantity, same_quantity
 

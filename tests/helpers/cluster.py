@@ -5,7 +5,8 @@ with ``reset_cluster``. Its async methods open their own connections on every ca
 from any test's event loop; the session fixture starts and stops it from a worker thread so it
 never touches the loops pytest-asyncio manages.
 
-    from tests.helpers.cluster import cluster_session, reset_cluster, kube_api, wait_for
+    from tests.helpers.cluster import cluster_session, reset_cluster, kube_api
+    from tests.helpers.waiting import wait_for
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -128,27 +128,3 @@ async def kube_api(cluster: DevCluster, *, as_service: bool = False) -> AsyncIte
         yield api
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[T | None]],
-    within: float = 30.0,
-    what: str = "the condition",
-    interval: float = 0.05,
-) -> T:
-    """Poll ``check`` until it returns something truthy (returned); fail after ``within`` seconds.
-
-    The failure names ``what`` and the last exception ``check`` raised, if any.
-    """
-    deadline = time.monotonic() + within
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = await check()
-        except Exception as exc:  # a check may fail while the cluster catches up
-            last_error = exc
-        else:
-            if value:
-                return value
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error is not None else ""
-            raise AssertionError(f"timed out after {within:.0f}s waiting for {what}{detail}")
-        await asyncio.sleep(interval)

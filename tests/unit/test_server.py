@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.helpers.reviews import request_review
+from tests.helpers.waiting import wait_for
 from webhook import metrics, server
 from webhook.certs import make_ca, make_serving_cert, write_pair
 from webhook.config import Config, load_config
@@ -423,3 +424,46 @@ def test_run_serve_without_certificate_files_says_what_to_mount(
     assert main(["serve"]) == 1
     err = capsys.readouterr().err
     assert "none.crt" in err and "gpu-queue certs --secret" in err
+
+
+async def test_a_failed_controller_restarts_with_backoff_and_shows_in_readyz(
+    aiohttp_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error no handler expects (here: the one a too-long watch line raised) ends the
+    controller; the supervisor logs it, counts it, shows it in /readyz, and starts it again, while
+    the replica stays ready and keeps admitting."""
+    import webhook.service
+
+    calls = 0
+
+    async def controller_that_fails_once(*args: Any, on_running: Callable[[], None]) -> None:
+        nonlocal calls
+        calls += 1
+        on_running()
+        if calls == 1:
+            raise ValueError("Chunk too big")
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(webhook.service, "_run_controller", controller_that_fails_once)
+    env = {
+        "GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0",
+        "GPU_QUEUE_KUBECONFIG": str(tmp_path / "missing"),
+        "GPU_QUEUE_CONTROLLER__RESTART_BACKOFF_SECONDS": "0.05",
+    }
+    config = load_config(None, env=env)
+    restarts_before = metrics.REGISTRY.get_sample_value("gpu_queue_controller_restarts_total") or 0.0
+    extra, api_app = server.build_components(config)
+    client = await aiohttp_client(server.create_app(config, components=extra, api_app=api_app))
+
+    async def restarted() -> dict[str, Any] | None:
+        resp = await client.get("/readyz")
+        body: dict[str, Any] = await resp.json()
+        assert resp.status == 200, body  # admission never waits for the controller
+        controller: dict[str, Any] = body["components"]["controller"]
+        return controller if controller["state"] == "running" and calls == 2 else None
+
+    status = await wait_for(restarted, within=10, what="the controller to run again")
+    assert status["restarts"] == 1 and status["lastError"] == "ValueError: Chunk too big"
+    assert metrics.REGISTRY.get_sample_value("gpu_queue_controller_restarts_total") == restarts_before + 1
+    assert metrics.REGISTRY.get_sample_value("gpu_queue_controller_up") == 1
+    assert (await client.post("/mutate", json=review())).status == 200

@@ -6,6 +6,9 @@ outage elsewhere neither restarts a replica nor takes it out of the Service (inv
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -22,6 +25,15 @@ class Readiness:
 
     def __init__(self, *pending: str) -> None:
         self.pending: set[str] = set(pending)
+        # Parts that report their state in /readyz without deciding readiness (the controller:
+        # admission must stay in the Service while it restarts).
+        self.reports: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def report(self, name: str, status: Callable[[], dict[str, Any]]) -> None:
+        self.reports[name] = status
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        return {name: status() for name, status in sorted(self.reports.items())}
 
     @property
     def ready(self) -> bool:
@@ -45,9 +57,11 @@ async def healthz(request: web.Request) -> web.Response:
 def _readyz(readiness: Readiness) -> Handler:
     async def readyz(request: web.Request) -> web.Response:
         """Readiness: started and serving TLS. Not Redis, not the API: admission works without them."""
+        details = readiness.details()
         if readiness.ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "waiting_for": sorted(readiness.pending)}, status=503)
+            return web.json_response({"status": "ready", **({"components": details} if details else {})})
+        body = {"status": "not ready", "waiting_for": sorted(readiness.pending), "components": details}
+        return web.json_response({k: v for k, v in body.items() if v}, status=503)
 
     return readyz
 
