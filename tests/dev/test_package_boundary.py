@@ -133,3 +133,12 @@ def test_no_import_cycles(package: str) -> None:
 
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_gpu_queue_dev_and_demo_hand_over_to_the_dev_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from webhook.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--help"])
+    assert exited.value.code == 0
+    assert "--pace SECONDS" in capsys.readouterr().out
