@@ -5,10 +5,11 @@ webhook configuration, so every install needs a CA it controls. ``gpu-queue cert
 keeps a still-valid one in a Secret), and patches ``caBundle``. Keys are ECDSA P-256: small, and
 fast enough to make in tests and in a Helm hook Job.
 
-Rotation is hitless: a renewed Secret's ``ca.crt`` (and the patched ``caBundle``) carries the new
-CA *and* the previous one while it is valid, so the API server trusts both the old certificate
-(still served until the pods' hot reload picks up the new files) and the new one. The command
-that stores them in a Secret and patches the webhook configurations is ``webhook.certs_command``.
+The CA's key is kept next to it, so a renewed serving certificate is signed by the same CA and
+every copy of ``ca.crt`` (the hub's, the ``caBundle``) keeps verifying. A new CA is trusted next to
+the old one (``ca.crt`` is a bundle) before anything is signed by it; ``ca_pair``, ``issuer_of``
+and ``trust_bundle`` are the pieces for that. The command that stores them in a Secret and patches
+the webhook configurations is ``webhook.certs_command``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import base64
 import ipaddress
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -193,6 +195,103 @@ def ip_addresses(cert_pem: bytes) -> list[str]:
     return [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
+def load_bundle(bundle_pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order; empty when it holds none."""
+    try:
+        return x509.load_pem_x509_certificates(bundle_pem)
+    except ValueError:
+        return []
+
+
+def _spki(key: ec.EllipticCurvePublicKey | x509.Certificate) -> bytes:
+    public = key.public_key() if isinstance(key, x509.Certificate) else key
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def ca_pair(bundle_pem: bytes, key_pem: bytes) -> CertPair | None:
+    """The CA certificate in ``bundle_pem`` that ``key_pem`` belongs to, with that key.
+
+    None when there is no key, it is not an ECDSA key, or no CA certificate in the bundle that is
+    valid now has its public key: then nothing can be signed under that bundle.
+    """
+    if not key_pem:
+        return None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    now, spki = datetime.now(UTC), _spki(key.public_key())
+    for cert in load_bundle(bundle_pem):
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if is_ca and cert.not_valid_before_utc <= now < cert.not_valid_after_utc and _spki(cert) == spki:
+            return CertPair(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+    return None
+
+
+def issuer_of(leaf_pem: bytes, bundle_pem: bytes) -> x509.Certificate | None:
+    """The certificate in ``bundle_pem`` that signed the first certificate of ``leaf_pem``, if any.
+
+    Checked by signature, not by name: every CA ``make_ca`` makes has the same name.
+    """
+    try:
+        leaf = x509.load_pem_x509_certificate(leaf_pem)
+    except ValueError:
+        return None
+    for ca in load_bundle(bundle_pem):
+        try:
+            leaf.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca
+    return None
+
+
+def _as_cert(ca: x509.Certificate | CertPair) -> x509.Certificate:
+    return ca if isinstance(ca, x509.Certificate) else x509.load_pem_x509_certificate(ca.cert_pem)
+
+
+def trust_bundle(cas: Iterable[x509.Certificate | CertPair | None], previous: bytes = b"") -> bytes:
+    """A PEM bundle of ``cas`` in order (``None`` skipped), without repeats or expired ones.
+
+    Returns ``previous`` itself when it already holds exactly these certificates, so an unchanged
+    ``ca.crt`` stays byte for byte what clients copied.
+    """
+    now = datetime.now(UTC)
+    kept: dict[bytes, x509.Certificate] = {}
+    for ca in (_as_cert(c) for c in cas if c is not None):
+        if ca.not_valid_after_utc > now:
+            kept.setdefault(ca.fingerprint(hashes.SHA256()), ca)
+    if list(kept.values()) == load_bundle(previous):
+        return previous
+    return b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in kept.values())
+
+
+def describe(ca: x509.Certificate | CertPair) -> str:
+    """A short name for a CA in messages: its SHA-256 fingerprint's start and its expiry."""
+    cert = _as_cert(ca)
+    return f"{cert.fingerprint(hashes.SHA256()).hex()[:16]} (until {cert.not_valid_after_utc:%Y-%m-%d})"
+
+
+def renewal_reason(cert_pem: bytes, dns: Sequence[str], ips: Sequence[str], renew_before_days: int) -> str | None:
+    """Why ``cert_pem`` must be replaced (expiring within the window, a name missing), or None."""
+    try:
+        expiry = not_after(cert_pem)
+        have_dns, have_ips = set(dns_names(cert_pem)), set(ip_addresses(cert_pem))
+    except ValueError:
+        return "the stored tls.crt is not a PEM certificate"
+    if expiry - datetime.now(UTC) < timedelta(days=renew_before_days):
+        return f"it expires {expiry:%Y-%m-%d %H:%M} UTC, within {renew_before_days} days"
+    missing = sorted(set(dns) - have_dns) + sorted({str(ipaddress.ip_address(i)) for i in ips} - have_ips)
+    if missing:
+        return f"it does not name {', '.join(missing)}"
+    return None
+
+
 def service_dns_names(service: str, namespace: str, extra: Sequence[str] = ()) -> list[str]:
     """The names the API server may use for a Service: short, namespaced, and fully qualified."""
     names = [
@@ -221,7 +320,8 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
 def write_pair(directory: Path, ca: CertPair, serving: CertPair, *, ca_bundle: bytes | None = None) -> None:
     """Write ``ca.crt``, ``ca.key`` (0600), ``tls.crt``, ``tls.key`` (0600) into ``directory``.
 
-    ``ca.key`` is skipped when ``ca.key_pem`` is empty (a kept Secret holds no CA key).
+    ``ca.key`` is skipped when ``ca.key_pem`` is empty (a Secret made by an older version holds no
+    CA key).
     ``ca_bundle`` (default ``ca.cert_pem``) is what goes into ``ca.crt``.
     """
     directory.mkdir(parents=True, exist_ok=True)

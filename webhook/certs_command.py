@@ -1,7 +1,13 @@
-"""``gpu-queue certs``: issue or keep the webhook's certificate in a Secret, patch ``caBundle``.
+"""``gpu-queue certs``: issue, renew or keep the webhook's certificate in a Secret, patch ``caBundle``.
 
 Run by the chart's hook Jobs (pre-install: the Secret; post-install: the caBundle) and by admins
-who manage certificates by hand (``--out``). The certificates themselves come from ``webhook.certs``.
+who manage certificates by hand (``--out``) or rotate the CA (``--rotate-ca``, two runs). The
+certificates themselves come from ``webhook.certs``.
+
+The Secret holds ``tls.crt``/``tls.key``, ``ca.crt`` (the trust bundle), ``ca.key`` (the signing
+CA's key) and, while a CA rotation is under way, ``ca-next.crt``/``ca-next.key``. On every write
+``ca.crt`` is the signing CA, the CA of the certificate the pods serve until they reload, and the
+staged CA (expired ones dropped): a CA that signs nothing served leaves it at the next write.
 """
 
 from __future__ import annotations
@@ -17,48 +23,84 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from webhook.certs import (
     CertPair,
     ca_bundle_b64,
+    ca_pair,
+    describe,
     dns_names,
     ip_addresses,
+    issuer_of,
+    load_bundle,
     make_ca,
     make_serving_cert,
     not_after,
+    renewal_reason,
     service_dns_names,
+    trust_bundle,
     write_pair,
 )
-
-
-def _pem_certs(bundle: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(bundle)
-    except ValueError:
-        return []
-
-
-def _rotated_bundle(new_ca_pem: bytes, old_bundle: bytes) -> bytes:
-    """New CA first, then the previous CA while it is still valid: trust both during the swap."""
-    now = datetime.now(UTC)
-    old = _pem_certs(old_bundle)
-    if old and old[0].not_valid_after_utc > now:
-        return new_ca_pem + old[0].public_bytes(serialization.Encoding.PEM)
-    return new_ca_pem
 
 
 class CertsError(Exception):
     """A failure the admin can fix; the message says how."""
 
 
+# The keys of the Secret; a kubernetes.io/tls Secret may carry more than tls.crt and tls.key.
+_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key", "ca-next.crt", "ca-next.key")
+_NOTICE = "gpu-queue.io/ca-notice"  # annotation: what an admin must do about the CA, if anything
+
+_GET_CA = "kubectl -n {ns} get secret {name} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > gpu-queue-ca.crt"
+_HUB_CA = (
+    "     the hub (queue_ca_file, hub.extraFiles.gpu-queue-ca):\n"
+    f"       {_GET_CA}\n"
+    "       helm upgrade HUB-RELEASE jupyterhub/jupyterhub -n HUB-NAMESPACE --reuse-values \\\n"
+    "         --set-file hub.extraFiles.gpu-queue-ca.stringData=gpu-queue-ca.crt"
+)
+_NEW_CA = (
+    "WARNING: Secret {ref} gets a NEW CA, {ca}: {why}.\n"
+    "The serving certificate is now signed by it. ca.crt and caBundle still hold the previous CA\n"
+    "while it is valid, but a client that verifies the queue API with a copy of the old ca.crt\n"
+    "fails once the pods reload. {staged}Update those copies now:\n"
+    f"{_HUB_CA}\n"
+    "The Secret keeps the CA's key (ca.key) from now on, so later renewals keep this CA. To change\n"
+    "a CA without a gap, use --rotate-ca (two steps)."
+)
+_STEP1 = (
+    "CA rotation, step 1 of 2, Secret {ref}: staged the next CA, {ca}.\n"
+    "ca.crt now trusts the current CA and the next one; the serving certificate is unchanged.\n"
+    "Next:\n"
+    "  1. give every client that verifies the queue API the new ca.crt:\n"
+    f"{_HUB_CA}\n"
+    "  2. then run this command again with --rotate-ca: the next CA signs the serving certificate.\n"
+    "Pass --patch-webhooks NAME to both steps."
+)
+_STEP2 = (
+    "CA rotation, step 2 of 2, Secret {ref}: the serving certificate is now signed by {ca}.\n"
+    "ca.crt still trusts the old CA, so pods that have not reloaded yet keep verifying. The old CA\n"
+    "leaves ca.crt at the next renewal, or now with --drop-old-ca once every pod serves the new\n"
+    "certificate (gpu_queue_tls_cert_expiry_timestamp_seconds shows the new expiry on each pod)."
+)
+
+
 @dataclass(frozen=True)
 class _Issued:
-    ca: CertPair  # key_pem is empty when the CA came from an existing Secret
+    ca: CertPair  # the signing CA; key_pem is empty when unknown (a Secret from an older version)
     serving: CertPair
-    bundle: bytes  # the ca.crt / caBundle content (one or two CAs)
-    kept: bool
+    bundle: bytes  # the ca.crt / caBundle content (one or more CAs)
+    kept: bool  # nothing to write
+    pending: CertPair | None = None  # the staged CA of a rotation (ca-next.crt, ca-next.key)
+    notice: str = ""  # stays on the Secret as the annotation _NOTICE
+
+
+@dataclass(frozen=True)
+class _Want:
+    dns: Sequence[str]
+    ips: Sequence[str]
+    days: int
+    renew_before_days: int
+    rotate_ca: bool = False
+    drop_old_ca: bool = False
 
 
 def _issue(dns: Sequence[str], ips: Sequence[str], days: int) -> _Issued:
@@ -66,24 +108,72 @@ def _issue(dns: Sequence[str], ips: Sequence[str], days: int) -> _Issued:
     return _Issued(ca, make_serving_cert(ca, dns, ips, days=days), ca.cert_pem, kept=False)
 
 
-def _b64(data: dict[str, str] | None, key: str) -> bytes:
-    raw = (data or {}).get(key)
-    return base64.b64decode(raw) if raw else b""
-
-
-def _needs_renewal(cert_pem: bytes, dns: Sequence[str], ips: Sequence[str], renew_before_days: int) -> str | None:
-    """Why the stored certificate must be replaced, or None to keep it."""
-    try:
-        expiry = not_after(cert_pem)
-        have_dns, have_ips = set(dns_names(cert_pem)), set(ip_addresses(cert_pem))
-    except ValueError:
-        return "the stored tls.crt is not a PEM certificate"
-    if expiry - datetime.now(UTC) < timedelta(days=renew_before_days):
-        return f"it expires {expiry:%Y-%m-%d %H:%M} UTC, within {renew_before_days} days"
-    missing = sorted(set(dns) - have_dns) + sorted({str(ipaddress.ip_address(i)) for i in ips} - have_ips)
-    if missing:
-        return f"it does not name {', '.join(missing)}"
-    return None
+def _decide(stored: dict[str, bytes], want: _Want, ref: str) -> tuple[_Issued, list[str]]:
+    """What the Secret must hold next, given what it holds (empty: no Secret); and what to tell."""
+    cert, key, bundle = stored.get("tls.crt", b""), stored.get("tls.key", b""), stored.get("ca.crt", b"")
+    signer = ca_pair(bundle, stored.get("ca.key", b""))
+    pending = ca_pair(stored.get("ca-next.crt", b""), stored.get("ca-next.key", b""))
+    say: list[str] = []
+    if stored.get("ca-next.crt") and pending is None:
+        say.append(f"ignoring ca-next.crt/ca-next.key of Secret {ref}: not a valid CA with its key")
+    # What the certificate the pods serve now chains to: trusted until they have reloaded.
+    served = issuer_of(cert, bundle) if cert else None
+    current = [served] if served is not None else load_bundle(bundle)
+    window, now = timedelta(days=want.renew_before_days), datetime.now(UTC)
+    reason: str | None = "it lacks tls.crt, tls.key or ca.crt"
+    if cert and key and bundle:
+        reason = renewal_reason(cert, want.dns, want.ips, want.renew_before_days)
+    ns, _, name = ref.partition("/")
+    notice, staged_now = "", False
+    if want.rotate_ca and pending is not None:  # step 2: the staged CA signs from now on
+        signer, pending = pending, None
+        names = [*want.dns, *(dns_names(cert) if served else [])]
+        ips = [*want.ips, *(ip_addresses(cert) if served else [])]
+        serving = make_serving_cert(signer, names, ips, days=want.days)
+        say.append(_STEP2.format(ref=ref, ca=describe(signer)))
+    else:
+        if want.rotate_ca:  # step 1: stage the next CA, trusted next to the current one
+            pending, staged_now = make_ca(), True
+        if reason is None and not (staged_now or want.drop_old_ca):
+            if signer is None:
+                say.append(
+                    f"note: Secret {ref} has no ca.key (made by an older gpu-queue): its renewal (from "
+                    f"{not_after(cert) - window:%Y-%m-%d}) must make a new CA, which breaks copies of ca.crt "
+                    f"such as the hub's. Avoid that: `gpu-queue certs --secret {ref} --rotate-ca` (two steps)."
+                )
+            return _Issued(signer or CertPair(bundle, b""), CertPair(cert, key), bundle, True, pending), say
+        if reason is None:
+            serving = CertPair(cert, key)
+        else:
+            if stored:
+                say.append(f"renewing Secret {ref}: {reason}")
+            if signer is None or not_after(signer.cert_pem) - now < window:
+                why = (
+                    f"its CA expires {not_after(signer.cert_pem):%Y-%m-%d}, within {window.days} days"
+                    if signer is not None
+                    else "the Secret has no usable ca.key (an older gpu-queue made it), so its CA cannot sign"
+                )
+                hint = "" if pending is None or staged_now else "Clients that got ca.crt after step 1 trust it. "
+                signer, pending, staged_now = pending or make_ca(), None, False
+                if current:  # someone may hold the old CA: say so, loudly
+                    say.append(_NEW_CA.format(ref=ref, ca=describe(signer), why=why, staged=hint, ns=ns, name=name))
+                    notice = f"new CA {describe(signer)}: copy ca.crt to the hub again"
+            serving = make_serving_cert(signer, want.dns, want.ips, days=want.days)
+            if not_after(signer.cert_pem) < now + timedelta(days=want.days):
+                say.append(f"note: the CA expires {not_after(signer.cert_pem):%Y-%m-%d}; rotate it with --rotate-ca")
+        if staged_now and pending is not None:
+            say.append(_STEP1.format(ref=ref, ca=describe(pending), ns=ns, name=name))
+    if pending is not None:
+        notice = "CA rotation step 1 done: copy ca.crt to the hub, then run `gpu-queue certs --rotate-ca` again"
+    new_bundle = trust_bundle([signer, *current, pending], previous=bundle)
+    ca = signer or CertPair(bundle, b"")
+    if want.drop_old_ca and reason is None:
+        if new_bundle == bundle:
+            say.append(f"nothing to drop: ca.crt of Secret {ref} holds only CAs its certificates need")
+            return _Issued(ca, serving, bundle, kept=True, pending=pending), say
+        left = ", ".join(describe(c) for c in load_bundle(new_bundle))
+        say.append(f"dropping the CAs that sign nothing served from ca.crt of Secret {ref}; it keeps {left}")
+    return _Issued(ca, serving, new_bundle, kept=False, pending=pending, notice=notice), say
 
 
 async def _api_client(kubeconfig: str | None) -> Any:
@@ -114,15 +204,38 @@ def _split_secret(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-async def _ensure_secret(
-    api_client: Any, ref: str, dns: Sequence[str], ips: Sequence[str], days: int, renew_before_days: int
-) -> _Issued:
-    """Create the TLS Secret, or keep it when still good; optimistic concurrency on races."""
+def _secret_body(client: Any, ref: str, existing: Any, issued: _Issued) -> Any:
+    namespace, name = _split_secret(ref)
+    data = {"tls.crt": issued.serving.cert_pem, "tls.key": issued.serving.key_pem, "ca.crt": issued.bundle}
+    if issued.ca.key_pem:
+        data["ca.key"] = issued.ca.key_pem
+    if issued.pending is not None:
+        data["ca-next.crt"], data["ca-next.key"] = issued.pending.cert_pem, issued.pending.key_pem
+    annotations = {k: v for k, v in ((existing and existing.metadata.annotations) or {}).items() if k != _NOTICE}
+    annotations |= {_NOTICE: issued.notice} if issued.notice else {}
+    return client.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type="kubernetes.io/tls",
+        metadata=client.V1ObjectMeta(
+            name=name,
+            namespace=namespace,
+            labels={"app.kubernetes.io/name": "gpu-queue", "app.kubernetes.io/component": "webhook-tls"},
+            annotations=annotations or None,
+            resource_version=existing.metadata.resource_version if existing is not None else None,
+        ),
+        data={k: base64.b64encode(v).decode() for k, v in data.items()},
+    )
+
+
+async def _ensure_secret(api_client: Any, ref: str, want: _Want) -> _Issued:
+    """Create the TLS Secret, renew or rotate it, or keep it; optimistic concurrency on races."""
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
     namespace, name = _split_secret(ref)
     core = client.CoreV1Api(api_client)
+    rotation_seen: bool | None = None  # was a CA staged when --rotate-ca first read the Secret?
     for _ in range(5):
         try:
             existing = await core.read_namespaced_secret(name, namespace)
@@ -134,37 +247,23 @@ async def _ensure_secret(
             if exc.status != 404:
                 raise CertsError(f"reading Secret {ref}: {exc.status} {exc.reason}") from None
             existing = None
-        if existing is not None:
-            cert, key, bundle = (_b64(existing.data, k) for k in ("tls.crt", "tls.key", "ca.crt"))
-            reason = (
-                "it has no tls.crt, tls.key or ca.crt"
-                if not (cert and key and bundle)
-                else _needs_renewal(cert, dns, ips, renew_before_days)
+        data = (existing.data if existing is not None else None) or {}
+        stored = {k: base64.b64decode(data[k]) for k in _KEYS if data.get(k)}
+        if want.rotate_ca:
+            staged = "ca-next.crt" in stored
+            if rotation_seen is not None and staged != rotation_seen:
+                # Another writer moved the rotation on: deciding again would skip (or redo) a step.
+                raise CertsError(f"Secret {ref} changed during --rotate-ca (another rotation?): check it, run again")
+            rotation_seen = staged
+        issued, say = _decide(stored, want, ref)
+        for line in say:
+            print(line, file=sys.stderr)
+        if issued.kept:
+            print(
+                f"keeping Secret {ref}: valid until {not_after(issued.serving.cert_pem):%Y-%m-%d} UTC", file=sys.stderr
             )
-            if reason is None:
-                print(f"keeping Secret {ref}: valid until {not_after(cert):%Y-%m-%d} UTC", file=sys.stderr)
-                return _Issued(CertPair(bundle, b""), CertPair(cert, key), bundle, kept=True)
-            print(f"renewing Secret {ref}: {reason}", file=sys.stderr)
-            issued = _issue(dns, ips, days)
-            issued = _Issued(issued.ca, issued.serving, _rotated_bundle(issued.ca.cert_pem, bundle), kept=False)
-        else:
-            issued = _issue(dns, ips, days)
-        body: Any = client.V1Secret(
-            api_version="v1",
-            kind="Secret",
-            type="kubernetes.io/tls",
-            metadata=client.V1ObjectMeta(
-                name=name,
-                namespace=namespace,
-                labels={"app.kubernetes.io/name": "gpu-queue", "app.kubernetes.io/component": "webhook-tls"},
-                resource_version=existing.metadata.resource_version if existing is not None else None,
-            ),
-            data={
-                "tls.crt": base64.b64encode(issued.serving.cert_pem).decode(),
-                "tls.key": base64.b64encode(issued.serving.key_pem).decode(),
-                "ca.crt": base64.b64encode(issued.bundle).decode(),
-            },
-        )
+            return issued
+        body = _secret_body(client, ref, existing, issued)
         try:
             if existing is None:
                 await core.create_namespaced_secret(namespace, body)
@@ -242,45 +341,55 @@ async def _patch_webhooks(api_client: Any, name: str, bundle_b64: str) -> list[s
     return patched
 
 
-async def _run_cluster(args: argparse.Namespace, dns: Sequence[str], ips: Sequence[str]) -> _Issued:
+async def _run_cluster(args: argparse.Namespace, want: _Want) -> _Issued:
     issued: _Issued | None = None
     api_client = await _api_client(args.kubeconfig)
     async with api_client:
         if args.secret:
-            issued = await _ensure_secret(api_client, args.secret, dns, ips, args.days, args.renew_before_days)
+            issued = await _ensure_secret(api_client, args.secret, want)
         else:
-            issued = _issue(dns, ips, args.days)
+            issued = _issue(want.dns, want.ips, want.days)
         for name in args.patch_webhooks:
             for what in await _patch_webhooks(api_client, name, ca_bundle_b64(issued.bundle)):
                 print(f"patched caBundle of {what}", file=sys.stderr)
     return issued
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    if args.days <= 0:
+        return "--days must be positive"
+    if not args.out and not args.secret:
+        return "say where the certificate goes: --out DIR and/or --secret NAMESPACE/NAME"
+    if (args.rotate_ca or args.drop_old_ca) and not args.secret:
+        return "--rotate-ca and --drop-old-ca work on a Secret: give --secret NAMESPACE/NAME"
+    if args.rotate_ca and args.drop_old_ca:
+        return "--rotate-ca and --drop-old-ca are separate steps: run them one at a time"
+    if args.kubeconfig and not Path(args.kubeconfig).is_file():
+        return f"--kubeconfig {args.kubeconfig}: no such file"
+    return None
+
+
 def run_certs(args: argparse.Namespace) -> int:
-    """``gpu-queue certs``: make (or keep) the pair, write/store it, print the base64 caBundle."""
+    """``gpu-queue certs``: make, renew, rotate or keep the pair; store it; print the base64 caBundle."""
     dns = service_dns_names(args.service, args.namespace, args.dns)
     try:
         ips = [str(ipaddress.ip_address(ip)) for ip in args.ip]
     except ValueError as exc:
         print(f"error: --ip: {exc}", file=sys.stderr)
         return 2
-    if args.days <= 0:
-        print("error: --days must be positive", file=sys.stderr)
+    if (usage := _usage_error(args)) is not None:
+        print(f"error: {usage}", file=sys.stderr)
         return 2
-    if not args.out and not args.secret:
-        print("error: say where the certificate goes: --out DIR and/or --secret NAMESPACE/NAME", file=sys.stderr)
-        return 2
-    if args.kubeconfig and not Path(args.kubeconfig).is_file():
-        print(f"error: --kubeconfig {args.kubeconfig}: no such file", file=sys.stderr)
-        return 2
+    want = _Want(dns, ips, args.days, args.renew_before_days, args.rotate_ca, args.drop_old_ca)
     try:
         if args.secret or args.patch_webhooks:
-            issued = asyncio.run(_run_cluster(args, dns, ips))
+            issued = asyncio.run(_run_cluster(args, want))
         else:
             issued = _issue(dns, ips, args.days)
         if args.out:
             write_pair(Path(args.out), issued.ca, issued.serving, ca_bundle=issued.bundle)
-            print(f"wrote ca.crt, tls.crt, tls.key{'' if issued.kept else ', ca.key'} to {args.out}", file=sys.stderr)
+            ca_key = ", ca.key" if issued.ca.key_pem else ""
+            print(f"wrote ca.crt, tls.crt, tls.key{ca_key} to {args.out}", file=sys.stderr)
     except CertsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

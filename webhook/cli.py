@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default=os.environ.get("GPU_QUEUE_CONFIG"))
     check.set_defaults(run=_lazy("webhook.config:run_check"))
 
-    certs = sub.add_parser("certs", help="make a CA and a serving certificate; optionally store and patch caBundle")
+    certs = sub.add_parser(
+        "certs", help="make or renew the CA and serving certificate; optionally store them, patch caBundle"
+    )
     certs.add_argument("--out", default="", help="directory for ca.crt, ca.key, tls.crt, tls.key")
     certs.add_argument("--service", default="gpu-queue", help="Service name (DNS SANs)")
     certs.add_argument("--namespace", default="gpu-queue", help="Service namespace (DNS SANs)")
@@ -99,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="set the caBundle of this Mutating/ValidatingWebhookConfiguration (repeatable)",
+    )
+    certs.add_argument(
+        "--rotate-ca",
+        action="store_true",
+        help="with --secret: replace the CA in two runs with an overlap (1: stage and trust the next CA; "
+        "2: sign with it)",
+    )
+    certs.add_argument(
+        "--drop-old-ca",
+        action="store_true",
+        help="with --secret: end the overlap now: ca.crt keeps only the CAs the certificates need",
     )
     certs.add_argument("--kubeconfig", default=None, help="for --secret/--patch-webhooks; default in-cluster")
     certs.set_defaults(run=_lazy("webhook.certs_command:run_certs"))

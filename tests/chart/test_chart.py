@@ -521,6 +521,13 @@ def test_deployment_runs_locked_down() -> None:
     assert "limits" in container(objects)["resources"] and "requests" in container(objects)["resources"]
 
 
+def test_the_service_pods_mount_the_serving_pair_but_never_the_ca_key() -> None:
+    for values in ("default", "cert-manager"):
+        deployment = one(rendered(values), "Deployment", FULLNAME)
+        (tls,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+        assert tls["secret"]["items"] == [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+
+
 def test_deployment_is_highly_available() -> None:
     objects = rendered("default")
     deployment = one(objects, "Deployment", FULLNAME)

@@ -10,9 +10,10 @@ import asyncio
 import base64
 import ipaddress
 import os
+import ssl
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store, VerificationError
 
@@ -38,6 +41,36 @@ def _verify_server(ca_pem: bytes, leaf_pem: bytes, subject: DNSName | IPAddress)
     store = Store(x509.load_pem_x509_certificates(ca_pem))
     verifier = PolicyBuilder().store(store).build_server_verifier(subject)
     verifier.verify(_cert(leaf_pem), [])
+
+
+SVC = DNSName("gpu-queue.gpu-queue.svc")
+
+
+def _handshake(tmp_path: Path, bundle: bytes, serving: CertPair) -> None:
+    """A TLS handshake (OpenSSL, like the hub's client) of a server with ``serving`` and a client
+    that trusts ``bundle``; raises ssl.SSLCertVerificationError when the client does not verify."""
+    (tmp_path / "hs.crt").write_bytes(serving.cert_pem)
+    (tmp_path / "hs.key").write_bytes(serving.key_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "hs.crt", tmp_path / "hs.key")
+    client_ctx = ssl.create_default_context(cadata=bundle.decode())
+    bios = [ssl.MemoryBIO() for _ in range(4)]  # client in/out, server in/out
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_hostname="gpu-queue.gpu-queue.svc")
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, obj in (("client", client), ("server", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        bios[2].write(bios[1].read())
+        bios[0].write(bios[3].read())
+        if all(done.values()):
+            return
+    raise AssertionError("the handshake did not finish")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +155,47 @@ def test_write_pair_skips_ca_key_when_the_ca_key_is_unknown(tmp_path: Path, ca: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
 
 
+def test_issuer_of_tells_same_named_cas_apart_by_signature(ca: CertPair) -> None:
+    other = make_ca()
+    assert _cert(other.cert_pem).subject == _cert(ca.cert_pem).subject
+    leaf = make_serving_cert(other, ["x"])
+    assert certs.issuer_of(leaf.cert_pem, ca.cert_pem + other.cert_pem) == _cert(other.cert_pem)
+    assert certs.issuer_of(leaf.cert_pem, ca.cert_pem) is None
+    assert certs.issuer_of(b"not pem", ca.cert_pem) is None
+
+
+def test_ca_pair_finds_the_ca_of_a_key_and_refuses_other_keys(ca: CertPair) -> None:
+    other = make_ca()
+    assert certs.ca_pair(other.cert_pem + ca.cert_pem, ca.key_pem) == ca
+    assert certs.ca_pair(other.cert_pem, ca.key_pem) is None
+    assert certs.ca_pair(ca.cert_pem, b"") is None
+    assert certs.ca_pair(ca.cert_pem, b"garbage") is None
+    leaf = make_serving_cert(ca, ["x"])  # a leaf's own key does not make it a CA
+    assert certs.ca_pair(leaf.cert_pem, leaf.key_pem) is None
+
+
+def test_trust_bundle_drops_repeats_and_expired_cas_and_keeps_unchanged_bytes(ca: CertPair) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpu-queue-ca")])
+    now = datetime.now(UTC)
+    expired = (
+        x509.CertificateBuilder(name, name, key.public_key(), x509.random_serial_number(), now - timedelta(2), now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    other = make_ca()
+    previous = ca.cert_pem + other.cert_pem
+    assert certs.trust_bundle([ca, None, _cert(other.cert_pem), ca], previous) is previous
+    assert certs.trust_bundle([other, expired, ca]) == other.cert_pem + ca.cert_pem
+
+
+def test_handshake_helper_fails_for_a_client_that_trusts_another_ca(tmp_path: Path, ca: CertPair) -> None:
+    pair = make_serving_cert(ca, ["gpu-queue.gpu-queue.svc"])
+    _handshake(tmp_path, ca.cert_pem, pair)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(tmp_path, make_ca().cert_pem, pair)
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 
@@ -163,6 +237,8 @@ class FakeKube:
         self.webhooks: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[str] = []
         self._version = 0
+        # Another writer that gets in first, once: called with the stored Secret before a PUT.
+        self.interfere: Callable[[dict[str, Any]], None] | None = None
 
     def _rv(self) -> str:
         self._version += 1
@@ -204,6 +280,11 @@ class FakeKube:
     async def put_secret(self, request: web.Request) -> web.Response:
         body = await request.json()
         key = (request.match_info["ns"], request.match_info["name"])
+        if self.interfere is not None:
+            interfere, self.interfere = self.interfere, None
+            interfere(self.secrets[key])
+            self.secrets[key]["metadata"]["resourceVersion"] = self._rv()
+            self.writes.append(f"other writer {key[0]}/{key[1]}")
         if body["metadata"].get("resourceVersion") != self.secrets[key]["metadata"]["resourceVersion"]:
             return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
         body["metadata"]["resourceVersion"] = self._rv()
@@ -295,17 +376,41 @@ def _run(kubeconfig: Path, *extra: str) -> int:
     return main(["certs", "--kubeconfig", str(kubeconfig), "--secret", "gpu-queue/tls", *extra])
 
 
-def test_secret_is_created_as_tls_type_with_ca(
+def _serving(fake: FakeKube) -> CertPair:
+    return CertPair(_secret_data(fake, "tls.crt"), _secret_data(fake, "tls.key"))
+
+
+def _keys(fake: FakeKube) -> list[str]:
+    return sorted(fake.secrets[("gpu-queue", "tls")]["data"])
+
+
+def _store_old_format(fake: FakeKube, days: int) -> tuple[CertPair, CertPair]:
+    """A Secret as an older gpu-queue made it: tls.crt, tls.key, ca.crt, and no ca.key."""
+    ca = make_ca()
+    pair = make_serving_cert(ca, certs.service_dns_names("gpu-queue", "gpu-queue"), days=days)
+    data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}
+    fake.secrets[("gpu-queue", "tls")] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "tls", "namespace": "gpu-queue", "resourceVersion": fake._rv()},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+    return ca, pair
+
+
+def test_secret_is_created_as_tls_type_with_ca_and_its_key(
     fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake, kubeconfig = fake_kube
     assert _run(kubeconfig) == 0
     secret = fake.secrets[("gpu-queue", "tls")]
     assert secret["type"] == "kubernetes.io/tls"
-    assert sorted(secret["data"]) == ["ca.crt", "tls.crt", "tls.key"]
+    assert sorted(secret["data"]) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
     bundle = base64.b64decode(capsys.readouterr().out.strip())
     assert bundle == _secret_data(fake, "ca.crt")
-    _verify_server(bundle, _secret_data(fake, "tls.crt"), DNSName("gpu-queue.gpu-queue.svc"))
+    assert certs.ca_pair(bundle, _secret_data(fake, "ca.key")) == CertPair(bundle, _secret_data(fake, "ca.key"))
+    _verify_server(bundle, _secret_data(fake, "tls.crt"), SVC)
 
 
 def test_secret_still_valid_is_kept_and_its_ca_printed(
@@ -319,29 +424,208 @@ def test_secret_still_valid_is_kept_and_its_ca_printed(
     assert fake.writes == ["create secret gpu-queue/tls"]
 
 
-def test_secret_expiring_soon_is_renewed_and_bundle_trusts_old_and_new_ca(
+def test_renewal_keeps_the_ca_so_a_copy_of_the_old_ca_crt_verifies_the_new_certificate(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig, "--days", "10") == 0
+    hub_copy, old_tls = _secret_data(fake, "ca.crt"), _secret_data(fake, "tls.crt")
+    old_key = fake.secrets[("gpu-queue", "tls")]["data"].get("ca.key")
+    fake.add_webhooks("MutatingWebhookConfiguration", "gpu-queue", "mutate.gpu-queue.io")
+    capsys.readouterr()
+    assert _run(kubeconfig, "--days", "10", "--renew-before-days", "30", "--patch-webhooks", "gpu-queue") == 0
+    new_tls = _secret_data(fake, "tls.crt")
+    _verify_server(hub_copy, new_tls, SVC)  # the point: the hub's copy of ca.crt still verifies
+    _handshake(tmp_path, hub_copy, _serving(fake))
+    assert fake.writes[:2] == ["create secret gpu-queue/tls", "replace secret gpu-queue/tls"]
+    captured = capsys.readouterr()
+    assert "renewing Secret gpu-queue/tls: it expires" in captured.err and "WARNING" not in captured.err
+    assert _cert(new_tls).serial_number != _cert(old_tls).serial_number
+    assert _secret_data(fake, "ca.crt") == hub_copy and _secret_data(fake, "ca.key") == base64.b64decode(old_key)
+    hook = fake.webhooks[("mutatingwebhookconfigurations", "gpu-queue")]["webhooks"][0]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == hub_copy
+
+
+def test_renewal_for_a_new_name_keeps_the_ca(fake_kube: tuple[FakeKube, Path]) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig) == 0
+    hub_copy = _secret_data(fake, "ca.crt")
+    assert _run(kubeconfig, "--dns", "webhook.example.org") == 0
+    new_tls = _secret_data(fake, "tls.crt")
+    assert "webhook.example.org" in certs.dns_names(new_tls)
+    assert _secret_data(fake, "ca.crt") == hub_copy
+    _verify_server(hub_copy, new_tls, DNSName("webhook.example.org"))
+
+
+def test_old_format_secret_without_ca_key_gets_a_new_ca_with_overlap_and_a_loud_warning(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, kubeconfig = fake_kube
+    old_ca, old_pair = _store_old_format(fake, days=10)
+    fake.add_webhooks("MutatingWebhookConfiguration", "gpu-queue", "mutate.gpu-queue.io")
+    assert _run(kubeconfig, "--patch-webhooks", "gpu-queue") == 0
+    captured = capsys.readouterr()
+    assert "WARNING: Secret gpu-queue/tls gets a NEW CA" in captured.err
+    assert "no usable ca.key" in captured.err and "hub.extraFiles.gpu-queue-ca" in captured.err
+    bundle, new_tls = _secret_data(fake, "ca.crt"), _secret_data(fake, "tls.crt")
+    cas = x509.load_pem_x509_certificates(bundle)
+    assert len(cas) == 2 and cas[1] == _cert(old_ca.cert_pem)  # the overlap
+    _verify_server(bundle, new_tls, SVC)  # the new certificate, for pods that reloaded
+    _verify_server(bundle, old_pair.cert_pem, SVC)  # the old one, for pods that have not yet
+    with pytest.raises(VerificationError):  # why the warning: the hub's old copy does not verify
+        _verify_server(old_ca.cert_pem, new_tls, SVC)
+    hook = fake.webhooks[("mutatingwebhookconfigurations", "gpu-queue")]["webhooks"][0]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == bundle
+    assert certs.ca_pair(bundle, _secret_data(fake, "ca.key")) is not None  # renewals keep it from now on
+    assert (
+        "copy ca.crt to the hub"
+        in fake.secrets[("gpu-queue", "tls")]["metadata"]["annotations"]["gpu-queue.io/ca-notice"]
+    )
+
+
+def test_old_format_secret_still_valid_is_kept_with_a_note_on_rotating_it(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, kubeconfig = fake_kube
+    _store_old_format(fake, days=365)
+    assert _run(kubeconfig) == 0
+    assert fake.writes == []
+    assert "has no ca.key" in (err := capsys.readouterr().err) and "--rotate-ca" in err
+
+
+def test_rotate_ca_step_1_stages_a_trusted_next_ca_and_serves_on(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fake, kubeconfig = fake_kube
+    fake.add_webhooks("ValidatingWebhookConfiguration", "gpu-queue", "validate.gpu-queue.io")
+    assert _run(kubeconfig) == 0
+    before, served, ca_key = (_secret_data(fake, k) for k in ("ca.crt", "tls.crt", "ca.key"))
+    capsys.readouterr()
+    assert _run(kubeconfig, "--rotate-ca", "--patch-webhooks", "gpu-queue") == 0
+    err = capsys.readouterr().err
+    assert "step 1 of 2" in err and "--rotate-ca" in err and "gpu-queue-ca.stringData" in err
+    assert _keys(fake) == ["ca-next.crt", "ca-next.key", "ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert _secret_data(fake, "tls.crt") == served and _secret_data(fake, "ca.key") == ca_key
+    after, staged = _secret_data(fake, "ca.crt"), _secret_data(fake, "ca-next.crt")
+    assert x509.load_pem_x509_certificates(after) == [_cert(before), _cert(staged)]  # old + new
+    _verify_server(before, _secret_data(fake, "tls.crt"), SVC)  # a client from before the step
+    _handshake(tmp_path, before, _serving(fake))
+    hook = fake.webhooks[("validatingwebhookconfigurations", "gpu-queue")]["webhooks"][0]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == after
+
+
+def test_rotate_ca_step_2_signs_with_the_staged_ca_and_keeps_trusting_the_old_one(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig, "--dns", "webhook.example.org") == 0
+    original = _secret_data(fake, "ca.crt")
+    assert _run(kubeconfig, "--rotate-ca") == 0
+    hub_copy, staged, staged_key = (_secret_data(fake, k) for k in ("ca.crt", "ca-next.crt", "ca-next.key"))
+    old_served = _serving(fake)
+    capsys.readouterr()
+    assert _run(kubeconfig, "--rotate-ca") == 0  # no --dns: the names of the served certificate stay
+    assert "step 2 of 2" in capsys.readouterr().err
+    assert _keys(fake) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert _secret_data(fake, "ca.key") == staged_key
+    bundle, new_tls = _secret_data(fake, "ca.crt"), _secret_data(fake, "tls.crt")
+    assert x509.load_pem_x509_certificates(bundle) == [_cert(staged), _cert(original)]  # new + old
+    assert certs.issuer_of(new_tls, bundle) == _cert(staged)
+    assert "webhook.example.org" in certs.dns_names(new_tls)
+    _verify_server(hub_copy, new_tls, SVC)  # a client with the bundle of step 1
+    _handshake(tmp_path, hub_copy, _serving(fake))
+    _verify_server(bundle, old_served.cert_pem, SVC)  # pods that have not reloaded yet
+    with pytest.raises(VerificationError):  # a copy from before step 1 had to be replaced
+        _verify_server(original, new_tls, SVC)
+
+
+def test_drop_old_ca_ends_the_overlap_once_and_then_has_nothing_to_drop(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig) == 0
+    assert _run(kubeconfig, "--rotate-ca") == 0
+    staged = _secret_data(fake, "ca-next.crt")
+    assert _run(kubeconfig, "--drop-old-ca") == 0  # step 1 pending: both CAs are needed
+    assert "nothing to drop" in capsys.readouterr().err
+    assert _run(kubeconfig, "--rotate-ca") == 0
+    hub_copy, served = _secret_data(fake, "ca.crt"), _secret_data(fake, "tls.crt")
+    writes = len(fake.writes)
+    assert _run(kubeconfig, "--drop-old-ca") == 0
+    assert _secret_data(fake, "ca.crt") == staged and _secret_data(fake, "tls.crt") == served
+    _verify_server(hub_copy, served, SVC)
+    assert _run(kubeconfig, "--drop-old-ca") == 0
+    assert "nothing to drop" in capsys.readouterr().err and len(fake.writes) == writes + 1
+
+
+def test_ordinary_renewal_after_a_rotation_drops_the_old_ca_and_between_steps_keeps_the_staged_one(
+    fake_kube: tuple[FakeKube, Path],
+) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig) == 0
+    assert _run(kubeconfig, "--rotate-ca") == 0
+    between = _secret_data(fake, "ca.crt")
+    assert _run(kubeconfig, "--dns", "a.example.org") == 0  # renewal between the steps
+    assert _secret_data(fake, "ca.crt") == between and "ca-next.crt" in _keys(fake)
+    _verify_server(between, _secret_data(fake, "tls.crt"), DNSName("a.example.org"))
+    assert _run(kubeconfig, "--rotate-ca", "--dns", "a.example.org") == 0
+    staged = x509.load_pem_x509_certificates(_secret_data(fake, "ca.crt"))[0]
+    assert _run(kubeconfig, "--dns", "a.example.org", "--dns", "b.example.org") == 0
+    assert x509.load_pem_x509_certificates(_secret_data(fake, "ca.crt")) == [staged]
+    _verify_server(between, _secret_data(fake, "tls.crt"), DNSName("b.example.org"))
+
+
+def test_a_concurrent_renewal_wins_and_the_command_keeps_what_it_wrote(
     fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake, kubeconfig = fake_kube
     assert _run(kubeconfig, "--days", "10") == 0
-    old_ca = _secret_data(fake, "ca.crt")
-    capsys.readouterr()
-    assert _run(kubeconfig, "--days", "10", "--renew-before-days", "30") == 0
-    assert fake.writes == ["create secret gpu-queue/tls", "replace secret gpu-queue/tls"]
-    bundle = _secret_data(fake, "ca.crt")
-    captured = capsys.readouterr()
-    assert base64.b64decode(captured.out.strip()) == bundle
-    assert "renewing Secret gpu-queue/tls: it expires" in captured.err
-    cas = x509.load_pem_x509_certificates(bundle)
-    assert len(cas) == 2 and cas[1] == _cert(old_ca)
-    _verify_server(bundle, _secret_data(fake, "tls.crt"), DNSName("gpu-queue.gpu-queue.svc"))
+    their_ca = make_ca()
+    theirs = make_serving_cert(their_ca, certs.service_dns_names("gpu-queue", "gpu-queue"))
+
+    def renew(secret: dict[str, Any]) -> None:  # another run of the command, a moment earlier
+        data = {"tls.crt": theirs.cert_pem, "tls.key": theirs.key_pem, "ca.crt": their_ca.cert_pem}
+        secret["data"] = {k: base64.b64encode(v).decode() for k, v in data.items()}
+
+    fake.interfere = renew
+    assert _run(kubeconfig, "--renew-before-days", "30") == 0  # 409, read again, decide again: keep
+    assert fake.writes == ["create secret gpu-queue/tls", "other writer gpu-queue/tls"]
+    assert _secret_data(fake, "tls.crt") == theirs.cert_pem and _secret_data(fake, "ca.crt") == their_ca.cert_pem
+    assert "keeping Secret gpu-queue/tls" in capsys.readouterr().err
 
 
-def test_secret_missing_a_requested_name_is_renewed(fake_kube: tuple[FakeKube, Path]) -> None:
+def test_a_concurrent_rotation_step_stops_the_command_instead_of_taking_the_next_step(
+    fake_kube: tuple[FakeKube, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     fake, kubeconfig = fake_kube
     assert _run(kubeconfig) == 0
-    assert _run(kubeconfig, "--dns", "webhook.example.org") == 0
-    assert "webhook.example.org" in certs.dns_names(_secret_data(fake, "tls.crt"))
+    other = make_ca()
+
+    def stage(secret: dict[str, Any]) -> None:  # another admin's step 1, a moment earlier
+        secret["data"]["ca-next.crt"] = base64.b64encode(other.cert_pem).decode()
+        secret["data"]["ca-next.key"] = base64.b64encode(other.key_pem).decode()
+
+    fake.interfere = stage
+    assert _run(kubeconfig, "--rotate-ca") == 1
+    assert "changed during --rotate-ca" in capsys.readouterr().err
+    assert _secret_data(fake, "ca-next.crt") == other.cert_pem  # not promoted: no step skipped
+
+
+def test_rotate_and_drop_need_a_secret_and_are_separate_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--rotate-ca"]) == 2
+    assert "give --secret" in capsys.readouterr().err
+    assert main(["certs", "--secret", "a/b", "--rotate-ca", "--drop-old-ca"]) == 2
+    assert "one at a time" in capsys.readouterr().err
+
+
+def test_out_with_secret_writes_the_kept_ca_key(fake_kube: tuple[FakeKube, Path], tmp_path: Path) -> None:
+    fake, kubeconfig = fake_kube
+    assert _run(kubeconfig) == 0
+    assert _run(kubeconfig, "--out", str(tmp_path / "o")) == 0
+    assert (tmp_path / "o" / "ca.key").read_bytes() == _secret_data(fake, "ca.key")
+    assert (tmp_path / "o" / "tls.crt").read_bytes() == _secret_data(fake, "tls.crt")
 
 
 def test_patch_webhooks_sets_ca_bundle_on_every_webhook_of_both_kinds(
