@@ -68,6 +68,12 @@ REDIS_ERRORS = Counter(
     "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
 )
 LEADER = Gauge("leader", "1 while this replica holds the leader lease", namespace=_NS, registry=REGISTRY)
+FENCED_WRITES = Counter(
+    "fenced_writes_total",
+    "Controller writes not sent because this replica no longer surely led (a frozen or cut-off leader)",
+    namespace=_NS,
+    registry=REGISTRY,
+)
 CONTROLLER_UP = Gauge(
     "controller_up",
     "1 while this replica's queue controller runs, 0 while it restarts",

@@ -3,7 +3,11 @@ invariant checker watching every state the API server goes through."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,11 +15,13 @@ import pytest
 
 from gpu_queue_dev.cluster import DevCluster
 from tests import scenarios
-from tests.invariants import InvariantChecker, make_target, pool_status
+from tests.helpers.waiting import wait_for
+from tests.invariants import InvariantChecker, current_leader, http_text, make_target, pool_status
 from tests.scenarios import Target
 from webhook.kube import Kube, load_client
 
 pytestmark = pytest.mark.timeout(240)
+LEASE = "/apis/coordination.k8s.io/v1/namespaces/gpu-queue/leases/gpu-queue-leader"
 
 
 @pytest.fixture
@@ -75,3 +81,60 @@ async def test_a_pod_at_the_annotation_size_limit_does_not_stop_the_controller(
         ):
             ready = await response.json()
         assert ready["components"]["controller"] == {"state": "running", "restarts": 0}, ready
+
+
+async def _events_by(target: Target, identity: str) -> int:
+    listing = await target.kube.request("GET", f"/api/v1/namespaces/{target.namespace}/events")
+    return sum(1 for e in listing.get("items") or [] if e.get("reportingInstance") == identity)
+
+
+async def test_a_leader_frozen_past_its_lease_writes_nothing_after_it_thaws(
+    watched: tuple[DevCluster, Target, InvariantChecker],
+) -> None:
+    """SIGSTOP the leader while it has work in hand (six users just queued behind a full pool),
+    keep it frozen past its lease while two slices free and the other replica takes over and
+    grants them, then SIGCONT: the old leader must not post one Event or grant one slice more."""
+    cluster, target, checker = watched
+    holders = await scenarios.fill_pool(target, target.slices, prefix="holder")
+    old = await current_leader(target.kube)
+    identity = f"gpu-queue-{old}"
+    assert (await target.kube.request("GET", LEASE))["spec"]["holderIdentity"] == identity
+    if cluster.state.webhook_replica == old:  # the frozen replica must not be the one admitting
+        await cluster.point_webhooks_at(1 - old)
+    waiting = [(await target.spawn(f"waiter{i}"))["metadata"]["name"] for i in range(6)]
+    pid = cluster.procs[f"service-{old}"].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await target.logout(holders[0])
+        await target.logout(holders[1])
+        lease = cluster.service_config.controller.lease_duration_seconds
+        await wait_for(
+            lambda: _holder_is(target, f"gpu-queue-{1 - old}"), 4 * lease, "the other replica to take the Lease"
+        )
+        await checker.wait(lambda v: len(v.holding) == target.slices, 15, "the new leader to grant both slices")
+        before = await _events_by(target, identity)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    thawed = time.monotonic()
+
+    async def knows_it_lost() -> bool:
+        text = await http_text(cluster.metrics_url(old) + "/metrics")
+        return "gpu_queue_leader 0.0" in text
+
+    await wait_for(knows_it_lost, 15, "the thawed replica to notice it lost the Lease")
+    # A bounded window for writes in flight at the freeze to show up, if any were sent.
+    while time.monotonic() < thawed + 3.0:
+        assert await _events_by(target, identity) == before, "the thawed old leader posted Events"
+        await asyncio.sleep(0.25)
+    fenced = await http_text(cluster.metrics_url(old) + "/metrics")
+    summary = checker.check()  # I1 at every observation, one admitted-at per pod, I2
+    print(
+        "[grants] frozen leader: "
+        + json.dumps({"events_before_thaw": before, "waiting": len(waiting), **summary}, default=str)
+    )
+    assert "gpu_queue_fenced_writes_total" in fenced
+
+
+async def _holder_is(target: Target, identity: str) -> bool:
+    return bool((await target.kube.request("GET", LEASE))["spec"].get("holderIdentity") == identity)

@@ -33,7 +33,7 @@ from webhook.controller.positions import PositionEvents
 from webhook.controller.records import entry_of, holder_of
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
-from webhook.election import LeaderElector
+from webhook.election import FencedKube, LeaderElector
 from webhook.grants import PoolPlan
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
 from webhook.pods import format_time, pointer
@@ -58,11 +58,14 @@ class QueueController:
         self.elector = LeaderElector(
             kube, namespace, config.controller.lease_name, self.identity, config.controller.lease_duration_seconds
         )
+        # Every write of the controller's own goes through the fence: none is sent unless this
+        # replica surely leads at that moment (a leader frozen past its lease writes nothing).
+        self.writer = FencedKube(kube, self.elector.is_leader)
         self.cache = WatchCache(config)
-        self.breaker = StoreBreaker(store)
-        self.event_writer = EventWriter(kube, self.identity)
+        self.breaker = StoreBreaker(store, self.elector.is_leader)
+        self.event_writer = EventWriter(self.writer, self.identity)
         self.positions = PositionEvents(config, self.breaker, self.event_writer)
-        self.stuck_heads = StuckHeads(config, kube, self.cache, self.event_writer)
+        self.stuck_heads = StuckHeads(config, self.writer, self.cache, self.event_writer)
         self.indexed: set[str] = set()  # queued keys the store has (as far as we know)
         self.last_rebuild = 0.0
         self.next_due = float("inf")  # monotonic time a settling head becomes grantable
@@ -114,6 +117,12 @@ class QueueController:
         if not self.pod_informer.synced.is_set():
             return None
         return f"{namespace}/{name}" in self.cache.pods
+
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        """The cache's plan once both watches listed (before that, an empty queue would be a lie)."""
+        if not (self.pod_informer.synced.is_set() and self.node_informer.synced.is_set()):
+            return None
+        return self.cache.readers_plan(pool)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod an admin removed; mark it first, so its place is not kept (I5 is for users)."""
@@ -262,8 +271,11 @@ class QueueController:
 
     async def _restore_place(self, view: PodView, when: datetime) -> None:
         """Write the kept place on the pod, so grants (decided from the pods) honour it (I5)."""
+        path = f"/metadata/annotations/{pointer(self.config.requested_at_annotation)}"
         try:
-            await self.set_requested_at(view.namespace, view.name, when)
+            await self.writer.patch_json(
+                pod_path(view.namespace, view.name), [{"op": "add", "path": path, "value": format_time(when)}]
+            )
         except KubeError as exc:
             log.warning("could not restore a kept place", extra={"ctx": {"pod": view.key, "error": str(exc)}})
             return
@@ -295,7 +307,7 @@ class QueueController:
                 self.next_due = min(self.next_due, time.monotonic() + due)
                 return
             self.cache.freed_at.pop(name, None)
-            granted = await ungate(self.kube, self.config, head, now)
+            granted = await ungate(self.writer, self.config, head, now)
             if granted is None:
                 continue
             self.cache.record(granted)  # holding from now on, before the watch says so (I1)

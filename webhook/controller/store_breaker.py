@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from webhook.protocols import QueueStore, StoreUnavailable
@@ -24,8 +24,9 @@ BACKOFF_SECONDS = 1.0
 class StoreBreaker:
     """``store`` (None: no index at all), ``dirty`` (rebuild the index), ``retry_at`` (backoff end)."""
 
-    def __init__(self, store: QueueStore | None) -> None:
+    def __init__(self, store: QueueStore | None, fence: Callable[[], bool] = lambda: True) -> None:
         self.store = store
+        self.fence = fence  # the leader's check: a replica that does not surely lead writes nothing
         self.dirty = True  # the index may disagree with the pods: rebuild it from them
         self.retry_at = 0.0  # monotonic time the store may be tried again after a failure
 
@@ -36,7 +37,7 @@ class StoreBreaker:
 
     async def call(self, op: str, call: Coroutine[Any, Any, T]) -> T | None:
         """Await a store call; on an outage log (once per outage), mark dirty, back off, return None."""
-        if self.resting:
+        if self.resting or not self.fence():
             call.close()
             return None
         try:
