@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -86,7 +87,9 @@ class LeaderElector:
                         "leadership " + ("acquired" if now else "lost"), extra={"ctx": {"identity": self.identity}}
                     )
                     self.changed.set()
-                await asyncio.sleep(self.retry)
+                # Jittered, as client-go's: replicas do not renew in lock-step, and each Lease read
+                # falls at another point of the API server's second (webhook.clock learns from it).
+                await asyncio.sleep(self.retry * (0.75 + 0.25 * random.random()))  # noqa: S311
         finally:
             await self.release()
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,17 @@ async def load_client(kubeconfig: Path | None) -> k8s.ApiClient:
 class Kube:
     """JSON requests to the API server. One instance per process; ``aclose`` when done."""
 
-    def __init__(self, api: k8s.ApiClient, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        timeout: float = 10.0,
+        on_date: Callable[[float, float, str], None] | None = None,
+    ) -> None:
         self.api = api
         self.timeout = timeout
+        # Told (sent, received, Date header) of every answer: how the API server's clock is learnt.
+        self.on_date = on_date
 
     async def aclose(self) -> None:
         await self.api.close()
@@ -99,6 +108,7 @@ class Kube:
     ) -> aiohttp.ClientResponse:
         params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        sent = time.time()
         try:
             response: aiohttp.ClientResponse = await self.api.call_api(
                 path,
@@ -112,6 +122,9 @@ class Kube:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise KubeError(0, f"cannot reach the API server: {exc.__class__.__name__}: {exc}") from exc
+        date = response.headers.get("Date")
+        if self.on_date is not None and date:
+            self.on_date(sent, time.time(), date)
         return response
 
     async def stream(self, path: str, query: Mapping[str, str | int | bool], read_timeout: float) -> AsyncIterator[Obj]:

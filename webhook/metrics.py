@@ -68,6 +68,18 @@ REDIS_ERRORS = Counter(
     "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
 )
 LEADER = Gauge("leader", "1 while this replica holds the leader lease", namespace=_NS, registry=REGISTRY)
+CLOCK_OFFSET = Gauge(
+    "clock_offset_seconds",
+    "This replica's wall clock minus the API server's, as estimated from API answers (stamps are corrected by it)",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+CLOCK_UNCERTAINTY = Gauge(
+    "clock_offset_uncertainty_seconds",
+    "Half the width of the offset estimate: how far a requested-at stamp can still be off",
+    namespace=_NS,
+    registry=REGISTRY,
+)
 FENCED_WRITES = Counter(
     "fenced_writes_total",
     "Controller writes not sent because this replica no longer surely led (a frozen or cut-off leader)",

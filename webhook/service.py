@@ -20,8 +20,10 @@ from aiohttp import web
 
 from webhook import metrics
 from webhook.api import create_api_app
+from webhook.clock import ApiServerClock
 from webhook.config import Config
 from webhook.controller import QueueController
+from webhook.grants import PoolPlan
 from webhook.kube import Kube, load_client
 from webhook.redis_store import RedisQueueStore
 from webhook.server.health import READINESS
@@ -46,6 +48,9 @@ class ClusterProxy:
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         return self.controller.pod_exists(namespace, name) if self.controller else None
 
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        return self.controller.readers_plan(pool) if self.controller else None
+
     async def delete_pod(self, namespace: str, name: str) -> bool:
         if self.controller is None:
             raise RuntimeError("the Kubernetes API is not connected yet; retry in a few seconds")
@@ -57,8 +62,8 @@ class ClusterProxy:
         await self.controller.set_requested_at(namespace, name, when)
 
 
-def build(config: Config) -> tuple[list[Component], web.Application]:
-    """(components, API sub-app) for ``create_app``."""
+def build(config: Config, clock: ApiServerClock) -> tuple[list[Component], web.Application]:
+    """(components, API sub-app) for ``create_app``; the controller's API answers teach ``clock``."""
     store = RedisQueueStore.from_config(config)
     cluster = ClusterProxy()
 
@@ -70,7 +75,7 @@ def build(config: Config) -> tuple[list[Component], web.Application]:
         if not config.controller.enabled:
             yield
             return
-        supervisor = ControllerSupervisor(config, store, cluster)
+        supervisor = ControllerSupervisor(config, store, cluster, clock)
         app[READINESS].report("controller", supervisor.status)
         task = asyncio.create_task(supervisor.run(), name="queue-controller")
         yield
@@ -90,8 +95,9 @@ class ControllerSupervisor:
     the replica stays ready, because admission does not need the controller (I4).
     """
 
-    def __init__(self, config: Config, store: RedisQueueStore, cluster: ClusterProxy) -> None:
+    def __init__(self, config: Config, store: RedisQueueStore, cluster: ClusterProxy, clock: ApiServerClock) -> None:
         self.config = config
+        self.clock = clock
         self.store = store
         self.cluster = cluster
         self.state = "starting"
@@ -112,7 +118,7 @@ class ControllerSupervisor:
         while True:
             started = time.monotonic()
             try:
-                await _run_controller(self.config, self.store, self.cluster, on_running=self._running)
+                await _run_controller(self.config, self.store, self.cluster, self.clock, on_running=self._running)
                 error = "the controller returned"  # it runs until cancelled: returning is a failure too
             except asyncio.CancelledError:
                 raise
@@ -137,7 +143,12 @@ class ControllerSupervisor:
 
 
 async def _run_controller(
-    config: Config, store: RedisQueueStore, cluster: ClusterProxy, *, on_running: Callable[[], None]
+    config: Config,
+    store: RedisQueueStore,
+    cluster: ClusterProxy,
+    clock: ApiServerClock,
+    *,
+    on_running: Callable[[], None],
 ) -> None:
     """Connect to the API server (retrying: it may come up after us), then run the controller."""
     delay = 1.0
@@ -154,7 +165,7 @@ async def _run_controller(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
-    kube = Kube(api)
+    kube = Kube(api, on_date=clock.observe)
     controller = QueueController(config, kube, store)
     cluster.controller = controller
     on_running()

@@ -19,6 +19,7 @@ from tests.helpers.reviews import request_review
 from tests.helpers.waiting import wait_for
 from webhook import metrics, server
 from webhook.certs import make_ca, make_serving_cert, write_pair
+from webhook.clock import ApiServerClock
 from webhook.config import Config, load_config
 from webhook.server import admission as admission_endpoints
 from webhook.server import app as server_app
@@ -346,8 +347,8 @@ async def test_serve_admits_over_tls_with_redis_and_api_unreachable_then_drains_
         await release.wait()
         return web.json_response({"done": True})
 
-    def build(config: Config) -> tuple[list[server.Component], web.Application | None]:
-        extra, _ = real_build(config)
+    def build(config: Config, clock: ApiServerClock) -> tuple[list[server.Component], web.Application | None]:
+        extra, _ = real_build(config, clock)
         api = web.Application()
         api.router.add_get("/slow", slow)
 
@@ -467,3 +468,21 @@ async def test_a_failed_controller_restarts_with_backoff_and_shows_in_readyz(
     assert metrics.REGISTRY.get_sample_value("gpu_queue_controller_restarts_total") == restarts_before + 1
     assert metrics.REGISTRY.get_sample_value("gpu_queue_controller_up") == 1
     assert (await client.post("/mutate", json=review())).status == 200
+
+
+async def test_mutate_stamps_arrival_on_the_api_servers_clock(aiohttp_client: ClientFactory) -> None:
+    """A replica whose clock runs 30 s fast stamps requested-at as the API server's clock reads."""
+    local = 1_796_000_030.0  # 2026-11-30T00:53:50Z on this replica
+    clock = ApiServerClock(wall=lambda: local)
+    clock.observe(local - 0.004, local, "Mon, 30 Nov 2026 00:53:20 GMT")  # the server read :20
+    client = await aiohttp_client(server.create_app(_config(), clock=clock))
+    answer = await (await client.post("/mutate", json=review())).json()
+    patch = json.loads(base64.b64decode(answer["response"]["patch"]))
+    stamps = [op["value"] for op in patch if op["path"].endswith("requested-at")]
+    stamps += [
+        op["value"]["gpu-queue.io/requested-at"]
+        for op in patch
+        if isinstance(op.get("value"), dict) and "gpu-queue.io/requested-at" in op["value"]
+    ]
+    assert len(stamps) == 1
+    assert stamps[0].startswith("2026-11-30T00:53:20."), stamps  # not :50, the local clock's reading

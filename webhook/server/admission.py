@@ -125,12 +125,12 @@ def _admission_handler(name: str, decide: Decide) -> Handler:
     return handle
 
 
-def _mutate(review: AdmissionReview, config: Config) -> AdmissionReview:
-    """``mutate`` at the current time (the clock is a parameter there, for the tests)."""
-    return mutate(review, config, datetime.now(UTC))
+def add_admission_routes(app: web.Application, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    """``POST /mutate`` and ``POST /validate``; the app must hold ``CONFIG``. ``clock`` is what
+    arrival is stamped on (the API server's clock as this replica estimates it)."""
 
+    def stamped_mutate(review: AdmissionReview, config: Config) -> AdmissionReview:
+        return mutate(review, config, clock())
 
-def add_admission_routes(app: web.Application) -> None:
-    """``POST /mutate`` and ``POST /validate``; the app must hold ``CONFIG``."""
-    app.router.add_post("/mutate", _admission_handler("mutate", _mutate))
+    app.router.add_post("/mutate", _admission_handler("mutate", stamped_mutate))
     app.router.add_post("/validate", _admission_handler("validate", validate))

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from webhook.clock import ApiServerClock
 from webhook.config import Config, ConfigError, load_config
 from webhook.server.admission import CONFIG, add_admission_routes
 from webhook.server.errors import json_errors
@@ -34,13 +35,14 @@ def create_app(
     *,
     components: Sequence[Component] = (),
     api_app: web.Application | None = None,
+    clock: ApiServerClock | None = None,
 ) -> web.Application:
     """The main (HTTPS) application: admission, health, metrics and, when given, the API."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     readiness = Readiness("startup")
     app[READINESS] = readiness
-    add_admission_routes(app)
+    add_admission_routes(app, (clock or ApiServerClock()).now)
     add_health_routes(app, readiness)
     if api_app is not None:
         app.add_subapp("/api/v1", api_app)
@@ -54,7 +56,9 @@ def create_app(
     return app
 
 
-def build_components(config: Config) -> tuple[list[Component], web.Application | None]:
+def build_components(
+    config: Config, clock: ApiServerClock | None = None
+) -> tuple[list[Component], web.Application | None]:
     """The parts that need Redis or the Kubernetes API: (cleanup_ctx components, API sub-app).
 
     This is the one place where the Redis store, the queue controller (leader election, watches,
@@ -64,7 +68,7 @@ def build_components(config: Config) -> tuple[list[Component], web.Application |
     """
     from webhook.service import build
 
-    components, api_app = build(config)
+    components, api_app = build(config, clock or ApiServerClock())
     return list(components), api_app
 
 
@@ -72,8 +76,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT): then stop accepting, drain, clean up."""
     reloader = CertReloader(config.tls)
     reloader.load()
-    extra, api_app = build_components(config)
-    app = create_app(config, components=[reloader.component(), *extra], api_app=api_app)
+    clock = ApiServerClock()  # learnt by the controller's API calls, used by admission's stamps
+    extra, api_app = build_components(config, clock)
+    app = create_app(config, components=[reloader.component(), *extra], api_app=api_app, clock=clock)
     readiness = app[READINESS]
     readiness.hold("listening")
 
