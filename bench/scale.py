@@ -59,6 +59,7 @@ from webhook.admission import mutate, parse_review  # noqa: E402
 from webhook.api import create_api_app  # noqa: E402
 from webhook.config import Config, load_config  # noqa: E402
 from webhook.controller import QueueController  # noqa: E402
+from webhook.grants import PoolPlan  # noqa: E402
 from webhook.kube import Kube  # noqa: E402
 from webhook.models import QueueEntry  # noqa: E402
 from webhook.pods import format_time  # noqa: E402
@@ -340,6 +341,12 @@ class _Full:
 
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         return True
+
+    def slices_through(self, pool: str, key: str) -> int | None:
+        return None  # one slice each: the position
+
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        return None  # the bench measures the store's answers
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         raise RuntimeError("read-only bench")

@@ -110,10 +110,13 @@ def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
 
 def render_pool_header(pool: PoolStatus) -> str:
     free = max(0, pool.capacity - pool.in_use)
-    return (
+    header = (
         f"pool {pool.name} ({pool.resource}): capacity {pool.capacity}, in use {pool.in_use}, "
         f"free {free}, queued {pool.queued}"
     )
+    if getattr(pool, "source", "store") == "cache":
+        header += "\n(Redis is down: answered from the replica's watch cache; ETAs are unknown until it returns)"
+    return header
 
 
 def render_status(pools: Sequence[PoolStatus], queues: Mapping[str, QueueListing], now: datetime) -> str:

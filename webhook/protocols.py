@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from webhook.grants import PoolPlan
 from webhook.models import Holder, QueueEntry
 
 
@@ -81,6 +82,11 @@ class ClusterView(Protocol):
 
     def pod_exists(self, namespace: str, name: str) -> bool | None:
         """True/False from the watch cache; None when this replica has no cache (not synced)."""
+
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        """The pool as the watch cache has it: the queue in FIFO order (requested-at, then
+        namespace/name, as the store orders it), the holders, capacity and use. The API answers
+        from it while the store is down. None before the cache synced (or for an unknown pool)."""
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod (admin ``queue rm``); False when it was already gone."""

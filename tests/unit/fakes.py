@@ -6,15 +6,21 @@ sees: FIFO by score (requested-at in microseconds) then key, ZADD NX, a key neve
 holding, tombstones that give a returning user their old place, grants that take the queue's
 requested-at and record waits, capped statistics, Redis-style inclusive ranges. ``down = True``
 makes every call raise ``StoreUnavailable`` like a Redis outage; ``calls`` records every call.
+
+``FakeCluster`` answers the watch cache's plan from the pod views given to it (``add``), planned by
+the real ``webhook.grants.plan``, so the API's answers from the cache see the controller's order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from webhook.cluster_view import PodView
+from webhook.config import Pool
+from webhook.grants import PoolPlan, plan
 from webhook.models import Holder, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_store import STATS_CAP
@@ -214,12 +220,13 @@ class MemoryQueueStore:
 
 
 class FakeCluster:
-    """A ``ClusterView`` that records the two admin writes."""
+    """A ``ClusterView`` that records the two admin writes. ``synced = False``: no cache yet."""
 
     def __init__(self) -> None:
         self.usage: dict[str, tuple[int, int]] = {}
         self.through: dict[tuple[str, str], int] = {}  # (pool, key) -> slices through, when set
         self.pods: set[tuple[str, str]] = set()
+        self.views: list[PodView] = []  # the pods of the pools, as the watch cache has them
         self.synced = True
         self.deleted: list[tuple[str, str]] = []
         self.requested_at: dict[tuple[str, str], datetime] = {}
@@ -235,6 +242,18 @@ class FakeCluster:
         if not self.synced:
             return None
         return (namespace, name) in self.pods
+
+    def add(self, view: PodView) -> None:
+        """A pod in the cache: it exists, and waits or holds in its pool as its view says."""
+        self.views.append(view)
+        self.pods.add((view.namespace, view.name))
+
+    def readers_plan(self, pool: str) -> PoolPlan | None:
+        """The real plan of the views, with capacity and use as ``usage`` says (as ``pool_usage``)."""
+        if not self.synced:
+            return None
+        capacity, in_use = self.pool_usage(pool)
+        return replace(plan(pool, Pool(capacity=capacity), self.views, []), in_use=in_use)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         if self.fail_writes:

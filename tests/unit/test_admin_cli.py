@@ -443,6 +443,7 @@ def test_a_store_outage_says_the_api_is_unavailable_and_when_to_retry(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
     served.store.down = True
+    served.cluster.synced = False  # nor has the replica's watch cache anything to answer from
     err = fails_with(capsys, "status", "--api", served.url, "--token", READ)
     assert err.startswith("gpu-queue: the gpu-queue API is unavailable: the queue store (Redis) is unavailable")
     assert err.endswith("retry in 5 s")

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -21,9 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_schema_validator import OAS31Validator
 
+import webhook.api.answers
 import webhook.api.positions
 from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook.api import create_api_app
+from webhook.cluster_view import PodView
 from webhook.config import Config
 from webhook.logs import JsonFormatter
 from webhook.models import Eta, Holder, QueueEntry
@@ -159,12 +162,25 @@ async def api(aiohttp_client: AiohttpClient, store: MemoryQueueStore, cluster: F
 
 
 async def seed(store: MemoryQueueStore, cluster: FakeCluster) -> None:
-    """gpu: 8 holders of 8 slices (two released before), queue alice, bob, carol, dave, erin."""
+    """gpu: 8 holders of 8 slices (three released before), queue alice, bob, carol, a@b.org, erin,
+    alice's train server. The cluster's watch cache has the same pods, as after a rebuild."""
     for i in range(8):
         h = holder(f"jupyter-holder{i}", f"holder{i}", granted=100 + i, node=f"gpu-node-{i % 2}")
         await store.enqueue("gpu", entry(h.name, h.user, 40 + i), 300)
         assert await store.grant("gpu", h.key, h)
-        cluster.pods.add((NS, h.name))
+        cluster.add(
+            PodView(
+                namespace=NS,
+                name=h.name,
+                pool="gpu",
+                requested_at=h.requested_at,
+                granted_at=h.granted_at,
+                user=h.user,
+                node=h.node,
+                phase="Running",
+                ready=True,
+            )
+        )
     for seconds in (1000, 2000, 3000):  # three users came, went and freed a slice each
         gone = holder(f"jupyter-gone{seconds}", f"gone{seconds}", granted=seconds - 500)
         await store.enqueue("gpu", entry(gone.name, gone.user, seconds - 900), 300)
@@ -180,7 +196,21 @@ async def seed(store: MemoryQueueStore, cluster: FakeCluster) -> None:
         ("jupyter-alice--train", "alice", 3400, "train"),
     ]:
         await store.enqueue("gpu", entry(name, user, seconds, server), 300)
-        cluster.pods.add((NS, name))
+        cluster.add(queued_view(name, user, seconds, server))
+
+
+def queued_view(name: str, user: str, seconds: float, server: str = "", slices: int = 1) -> PodView:
+    """A gated pod of the gpu pool as the watch cache has it."""
+    return PodView(
+        namespace=NS,
+        name=name,
+        pool="gpu",
+        gated=True,
+        requested_at=at(seconds),
+        user=user,
+        server=server,
+        resources={"nvidia.com/gpu": Decimal(slices)},
+    )
 
 
 READ_ROUTES: list[tuple[str, dict[str, str]]] = [
@@ -351,7 +381,9 @@ async def test_pools_lists_capacity_use_queue_length_and_holders_of_every_pool(a
         "inUse": 1,
         "queued": 0,
         "holders": [],
+        "source": "store",
     }
+    assert answer.headers["X-Gpu-Queue-Source"] == "store"
 
 
 async def test_pool_queue_lists_entries_head_first_with_1_based_positions_waits_and_etas(
@@ -364,7 +396,7 @@ async def test_pool_queue_lists_entries_head_first_with_1_based_positions_waits_
         positions.append(kwargs["slices"])
         return Eta(known=True, min_seconds=60.0 * kwargs["slices"], max_seconds=90.0 * kwargs["slices"])
 
-    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
+    monkeypatch.setattr(webhook.api.answers, "estimate", fake_estimate)
     answer = await api.call("GET", "/pools/{pool}/queue", pool="gpu")
     assert answer.status == 200
     body = answer.body
@@ -448,7 +480,7 @@ async def test_the_eta_comes_from_estimate_with_the_stores_release_times_and_hol
         seen.append(kwargs)
         return Eta(known=True, min_seconds=600, max_seconds=1500, method="test")
 
-    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
+    monkeypatch.setattr(webhook.api.answers, "estimate", fake_estimate)
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert answer.body["eta"] == {"known": True, "minSeconds": 600.0, "maxSeconds": 1500.0, "method": "test"}
     [call] = seen
@@ -470,7 +502,7 @@ async def test_the_eta_counts_the_slices_of_those_ahead_as_the_watch_cache_has_t
         seen.append(kwargs)
         return Eta(known=False, method="test")
 
-    monkeypatch.setattr(webhook.api.positions, "estimate", fake_estimate)
+    monkeypatch.setattr(webhook.api.answers, "estimate", fake_estimate)
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert answer.body["position"] == 3
     assert [call["slices"] for call in seen] == [5]
@@ -484,7 +516,7 @@ async def test_a_failing_estimate_still_answers_the_position_with_an_unknown_eta
     def broken(**kwargs: Any) -> Eta:
         raise ZeroDivisionError("no samples")
 
-    monkeypatch.setattr(webhook.api.positions, "estimate", broken)
+    monkeypatch.setattr(webhook.api.answers, "estimate", broken)
     answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
     assert (answer.status, answer.body["position"], answer.body["eta"]["known"]) == (200, 3, False)
 
@@ -715,14 +747,170 @@ async def test_a_failed_kubernetes_write_is_502_saying_to_retry(api: Api) -> Non
 # --------------------------------------------------------------------------- store outages
 
 
+SOURCE = "X-Gpu-Queue-Source"
+
+
+def _sources(body: Any) -> set[str]:
+    """The ``source`` of an answer (of every pool, for ``GET /pools``)."""
+    return {p["source"] for p in body} if isinstance(body, list) else {body["source"]}
+
+
 @pytest.mark.parametrize(("template", "path"), READ_ROUTES)
-async def test_a_store_outage_is_503_with_retry_after(api: Api, template: str, path: dict[str, str]) -> None:
+async def test_a_store_outage_answers_every_read_route_from_the_watch_cache(
+    api: Api, template: str, path: dict[str, str]
+) -> None:
     await seed(api.store, api.cluster)
+    assert (await api.call("GET", template, segments=path)).headers[SOURCE] == "store"
     api.store.down = True
     answer = await api.call("GET", template, segments=path)
+    assert answer.status == 200
+    assert answer.headers[SOURCE] == "cache" and _sources(answer.body) == {"cache"}
+    assert "Retry-After" not in answer.headers
+
+
+@pytest.mark.parametrize(("template", "path"), READ_ROUTES)
+async def test_a_store_outage_before_the_watch_cache_synced_is_503_with_retry_after(
+    api: Api, template: str, path: dict[str, str]
+) -> None:
+    await seed(api.store, api.cluster)
+    api.store.down = True
+    api.cluster.synced = False
+    answer = await api.call("GET", template, segments=path)
     assert answer.status == 503
-    assert int(answer.headers["Retry-After"]) > 0
-    assert "Redis" in answer.body["error"]
+    assert int(answer.headers["Retry-After"]) > 0 and SOURCE not in answer.headers
+    assert "Redis" in answer.body["error"] and "watch cache has not synced" in answer.body["error"]
+
+
+def _without_source(body: Any) -> Any:
+    """An answer as compared between the sources: the same but for ``source`` and the ETAs (the
+    cache has no release times)."""
+    if isinstance(body, list):
+        return [_without_source(b) for b in body]
+    out = {k: v for k, v in body.items() if k not in ("source", "eta")}
+    if "entries" in out:
+        out["entries"] = [_without_source(e) for e in out["entries"]]
+    return out
+
+
+POD_NAMES = [
+    *(f"jupyter-holder{i}" for i in range(8)),
+    "jupyter-alice",
+    "jupyter-bob-smith---274c9d19",
+    "jupyter-carol",
+    "jupyter-a-b-org---0c1f5f6d",
+    "jupyter-erin",
+    "jupyter-alice--train",
+]
+USERS = [("alice", None), ("alice", "train"), ("Bob.Smith", None), ("a@b.org", None), ("erin", None), ("holder5", None)]
+
+
+async def test_answers_from_the_watch_cache_equal_the_stores_in_the_normal_case(api: Api) -> None:
+    """Both order by requested-at, then namespace/name (erin and a@b.org tie in the microsecond)."""
+    await seed(api.store, api.cluster)
+    asks: list[tuple[str, dict[str, str], dict[str, str] | None]] = [
+        ("/pools", {}, None),
+        ("/pools/{pool}/queue", {"pool": "gpu"}, None),
+        ("/pools/{pool}/queue", {"pool": "gpu"}, {"offset": "2", "limit": "3"}),
+        ("/pools/{pool}/queue", {"pool": "gpu"}, {"offset": "9"}),
+        ("/pools/{pool}/queue", {"pool": "big"}, None),
+        *(("/queue/{namespace}/{pod}", {"namespace": NS, "pod": name}, None) for name in POD_NAMES),
+        *(("/users/{user}", {"user": u}, {"server": srv} if srv else None) for u, srv in USERS),
+    ]
+    for template, path, params in asks:
+        api.store.down = False
+        stored = await api.call("GET", template, segments=path, params=params)
+        api.store.down = True
+        cached = await api.call("GET", template, segments=path, params=params)
+        assert (stored.status, cached.status) == (200, 200), (template, path)
+        assert (_sources(stored.body), _sources(cached.body)) == ({"store"}, {"cache"})
+        assert _without_source(cached.body) == _without_source(stored.body), (template, path, params)
+
+
+async def test_positions_from_the_cache_follow_the_pods_order_not_the_arrival_order(api: Api) -> None:
+    await seed(api.store, api.cluster)
+    api.store.down = True
+    listing = await api.call("GET", "/pools/{pool}/queue", pool="gpu")
+    assert [(e["position"], e["user"], e["server"]) for e in listing.body["entries"]] == [
+        (1, "alice", ""),
+        (2, "Bob.Smith", ""),
+        (3, "carol", ""),
+        (4, "a@b.org", ""),  # same microsecond as erin: jhub/jupyter-a-b-org... sorts first
+        (5, "erin", ""),
+        (6, "alice", "train"),
+    ]
+    assert (listing.body["queueLength"], listing.body["capacity"], listing.body["inUse"]) == (6, 8, 8)
+    erin = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-erin")
+    assert (erin.body["state"], erin.body["position"], erin.body["refreshSeconds"]) == ("queued", 5, 15)
+    held = await api.call("GET", "/users/{user}", user="holder3")
+    assert (held.body["state"], held.body["grantedAt"], held.body["source"]) == (
+        "admitted",
+        "2026-11-28T16:01:43Z",
+        "cache",
+    )
+
+
+async def test_the_eta_from_the_cache_is_unknown_and_says_why(api: Api) -> None:
+    await seed(api.store, api.cluster)
+    api.store.down = True
+    answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
+    eta = answer.body["eta"]
+    assert (eta["known"], eta["minSeconds"], eta["maxSeconds"]) == (False, None, None)
+    assert "Redis" in eta["method"] and "release times" in eta["method"]
+    assert "idle culler" in eta["method"]  # the hint the holders' grant times still give
+    # A free slice needs no release times: the head hears so from the cache too.
+    api.cluster.usage["gpu"] = (8, 7)
+    head = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-alice")
+    assert (head.body["eta"]["known"], head.body["eta"]["maxSeconds"]) == (True, 60.0)
+
+
+async def test_the_eta_from_the_cache_counts_the_slices_of_those_ahead(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob asks for two slices: carol, third, needs four to free, as the cache's plan counts them."""
+    await seed(api.store, api.cluster)
+    api.cluster.views = [v for v in api.cluster.views if v.name != "jupyter-bob-smith---274c9d19"]
+    api.cluster.add(queued_view("jupyter-bob-smith---274c9d19", "Bob.Smith", 2000, slices=2))
+    seen: list[int] = []
+
+    def fake_estimate(**kwargs: Any) -> Eta:
+        seen.append(kwargs["slices"])
+        assert kwargs["release_times"] == []
+        return Eta(known=False, method="unknown: 0 of 3 release intervals observed; idle hint")
+
+    monkeypatch.setattr(webhook.api.answers, "estimate", fake_estimate)
+    api.store.down = True
+    answer = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-carol")
+    assert (answer.body["position"], seen) == (3, [4])
+    assert answer.body["eta"]["method"].endswith("; idle hint")
+
+
+async def test_from_the_cache_unknown_pods_and_users_are_404_and_a_pod_of_no_pool_is_unknown(api: Api) -> None:
+    await seed(api.store, api.cluster)
+    api.cluster.pods.add((NS, "jupyter-cpu-only"))
+    api.store.down = True
+    ghost = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-ghost")
+    assert (ghost.status, ghost.body["detail"]) == (404, {"namespace": NS, "pod": "jupyter-ghost"})
+    zoe = await api.call("GET", "/users/{user}", params={"server": "x"}, user="zoe")
+    assert (zoe.status, zoe.body["detail"]) == (404, {"user": "zoe", "server": "x"})
+    other = await api.call("GET", "/users/{user}", params={"server": "other"}, user="alice")
+    assert other.status == 404  # a named server is not the default server, from the cache too
+    cpu = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-cpu-only")
+    assert (cpu.status, cpu.body["state"], cpu.body["source"]) == (200, "unknown", "cache")
+    unknown_pool = await api.call("GET", "/pools/{pool}/queue", pool="tpu")
+    assert unknown_pool.status == 404
+
+
+async def test_answering_from_the_cache_is_logged_once_not_per_answer(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook.api.positions, "_cache_warning", webhook.api.positions._Throttle(60))
+    await seed(api.store, api.cluster)
+    api.store.down = True
+    caplog.set_level(logging.INFO, logger="webhook.api")
+    for _ in range(3):
+        assert (await api.call("GET", "/users/{user}", user="alice")).status == 200
+    warned = [r for r in caplog.records if "answering reads from the watch cache" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
 
 
 @pytest.mark.parametrize(("method", "template", "path", "body"), EDIT_ROUTES)
@@ -732,7 +920,8 @@ async def test_a_store_outage_during_an_edit_is_503_and_writes_nothing_to_the_cl
     await seed(api.store, api.cluster)
     api.store.down = True
     answer = await api.call(method, template, token=ADMIN, body=body, segments=path)
-    assert answer.status == 503 and "Retry-After" in answer.headers
+    assert answer.status == 503 and int(answer.headers["Retry-After"]) > 0
+    assert "Redis" in answer.body["error"] and "admin edits" in answer.body["error"]
     assert api.cluster.deleted == [] and api.cluster.requested_at == {}
 
 

@@ -10,6 +10,8 @@ bearer auth must refuse the same request without a token or with a wrong one.
 Random names rarely hit the seeded queue, so each operation is fuzzed twice: once with every
 parameter generated, once with the path pinned to seeded pods (the 200 answers and the edits).
 The store is seeded again before every case, so one case's edit never starves the next of data.
+The read operations are fuzzed once more with the store down: they answer from the cluster
+double's watch cache (the same pods), within the same contract, saying so in their header.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.unit.fakes import FakeCluster, MemoryQueueStore, at
 from webhook import server
-from webhook.api import create_api_app
+from webhook.api import SOURCE_HEADER, create_api_app
+from webhook.cluster_view import PodView
 from webhook.config import Config
 from webhook.models import Holder, QueueEntry
 
@@ -80,6 +83,7 @@ async def _seed(store: MemoryQueueStore, cluster: FakeCluster) -> None:
     """A full pool with a queue, from scratch (an edit by the previous case is undone)."""
     store.pools.clear()
     cluster.pods.clear()
+    cluster.views.clear()
     for i, (name, user) in enumerate(HOLDING):
         await store.enqueue("gpu", QueueEntry(namespace=NS, name=name, user=user, requested_at=at(i)), 300)
         holder = Holder(
@@ -87,11 +91,23 @@ async def _seed(store: MemoryQueueStore, cluster: FakeCluster) -> None:
         )
         assert await store.grant("gpu", holder.key, holder)
         assert await store.release("gpu", "nobody/gone", at(100)) is None
-        cluster.pods.add((NS, name))
+        cluster.add(
+            PodView(
+                namespace=NS,
+                name=name,
+                pool="gpu",
+                requested_at=at(i),
+                granted_at=at(60 + i),
+                user=user,
+                phase="Running",
+            )
+        )
     for i, (name, user, srv) in enumerate(QUEUED):
         entry = QueueEntry(namespace=NS, name=name, user=user, server=srv, requested_at=at(1000 + i))
         await store.enqueue("gpu", entry, 300)
-        cluster.pods.add((NS, name))
+        cluster.add(
+            PodView(namespace=NS, name=name, pool="gpu", gated=True, requested_at=at(1000 + i), user=user, server=srv)
+        )
 
 
 class ApiServer:
@@ -102,6 +118,7 @@ class ApiServer:
         self.store = MemoryQueueStore(clock=lambda: NOW)
         self.cluster = FakeCluster()
         self.cluster.usage = {"gpu": (2, 2), "big": (2, 0)}
+        self.down = False  # the store is down after each seeding (a Redis outage)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.base = ""
@@ -119,7 +136,12 @@ class ApiServer:
         await test_server.close()
 
     def seed(self) -> None:
-        asyncio.run_coroutine_threadsafe(_seed(self.store, self.cluster), self.loop).result(10)
+        async def seed() -> None:
+            self.store.down = False
+            await _seed(self.store, self.cluster)
+            self.store.down = self.down
+
+        asyncio.run_coroutine_threadsafe(seed(), self.loop).result(10)
 
     def __enter__(self) -> ApiServer:
         self.thread.start()
@@ -179,8 +201,10 @@ def _fuzz(
     api_server: ApiServer,
     session: requests.Session,
     headers: dict[str, str],
+    source: str = "store",
 ) -> list[int]:
-    """Run the cases of one strategy (each checked as it answers); the statuses seen, one per case."""
+    """Run the cases of one strategy (each checked as it answers); the statuses seen, one per case.
+    Every 200 of a read must name ``source`` in its header."""
     seen: list[int] = []
 
     @settings(
@@ -199,6 +223,8 @@ def _fuzz(
             return
         transport = {"session": session, "headers": headers, "timeout": 10}
         case.validate_response(response, CHECKS, headers=headers, transport_kwargs=transport)
+        if response.status_code == 200 and case.method.upper() == "GET":
+            assert response.headers.get(SOURCE_HEADER.lower()) == [source], (case.path, response.headers)
         seen.append(response.status_code)
 
     run()
@@ -249,3 +275,30 @@ def test_every_api_operation_survives_generated_requests_within_its_documented_c
     assert total >= MIN_CASES
     # The seeded cases reached the success paths, not only the 400/404 answers.
     assert statuses.get(200, 0) >= 20, statuses
+
+
+def test_read_operations_answer_from_the_watch_cache_within_the_contract_while_the_store_is_down(
+    api_server: ApiServer, session: requests.Session
+) -> None:
+    schema = schemathesis.openapi.from_url(
+        f"{api_server.base}/api/v1/openapi.json", timeout=10, proxies={"http": "", "https": ""}
+    )
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    reads = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok) and r.ok().method.upper() == "GET"]
+    assert {op.path for op in reads} == {"/pools", "/pools/{pool}/queue", "/queue/{namespace}/{pod}", "/users/{user}"}
+    statuses: dict[int, int] = {}
+    api_server.down = True
+    try:
+        for operation in reads:
+            strategy = operation.as_strategy(GenerationMode.POSITIVE)
+            pinned = _pinned(operation.path)
+            if pinned:
+                strategy = st.one_of(
+                    *[operation.as_strategy(GenerationMode.POSITIVE, path_parameters=p) for p in pinned]
+                )
+            for status in _fuzz(strategy, api_server, session, headers, source="cache"):
+                statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        api_server.down = False
+    print(f"[fuzz] reads with the store down: statuses {dict(sorted(statuses.items()))}")
+    assert 503 not in statuses and statuses.get(200, 0) >= 30, statuses

@@ -1,24 +1,49 @@
 """The queue API's admin edits: move a queued pod to a position, or remove it from the queue.
 
 Only queued pods can be edited (a holder is 409). Each edit is written to the cluster too, so a
-rebuild of the index keeps it, and is logged with who made it and why.
+rebuild of the index keeps it, and is logged with who made it and why. Edits need the store: while
+Redis is down they are 503 with ``Retry-After`` (the reads answer from the watch cache meanwhile).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from aiohttp import web
 
 from webhook.api.auth import PRINCIPAL_KEY
-from webhook.api.errors import ApiError, json_answer, parse_body, parse_params
+from webhook.api.errors import ApiError, json_answer, parse_body, parse_params, store_unavailable
 from webhook.api.models import EditResult, MoveRequest, PoolPodPath, RemoveQuery
 from webhook.api.state import CLUSTER_KEY, STORE_KEY, pool_config
 from webhook.models import PositionState, pod_key
+from webhook.protocols import StoreUnavailable
 
 # The whole API logs under one name, whichever module logs, so one filter finds its records.
 log = logging.getLogger("webhook.api")
+
+EDITS_NEED_THE_STORE: Final = (
+    "the queue store (Redis) is unavailable, and admin edits (queue move, queue rm) need it: retry once "
+    "it is back (positions are answered from the watch cache meanwhile)"
+)
+
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _needs_the_store(handler: _Handler) -> _Handler:
+    """A store outage during an edit is a 503 that says edits (unlike reads) wait for Redis."""
+
+    @functools.wraps(handler)
+    async def edit(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:
+            log.warning("queue store unavailable", extra={"ctx": {"path": request.path, "error": str(exc)}})
+            raise store_unavailable(EDITS_NEED_THE_STORE) from exc
+
+    return edit
 
 
 async def _find_queued(request: web.Request, pool: str, key: str) -> int:
@@ -46,6 +71,7 @@ def _audit(request: web.Request) -> dict[str, Any]:
     }
 
 
+@_needs_the_store
 async def move_queued_pod(request: web.Request) -> web.Response:
     """Admin: put a queued pod at a position, and persist it on the pod so a rebuild keeps it (I2)."""
     path = parse_params(PoolPodPath, request.match_info, "path")
@@ -107,6 +133,7 @@ async def move_queued_pod(request: web.Request) -> web.Response:
     )
 
 
+@_needs_the_store
 async def remove_queued_pod(request: web.Request) -> web.Response:
     """Admin: drop a queued pod from the index (no place kept) first, then delete the pod.
 

@@ -1,7 +1,8 @@
 """How the queue API fails: ``ApiError``, JSON answers, parameter parsing and the errors middleware.
 
-Every failure leaves as an ``ErrorBody``, so the clients (the hub, the CLI) parse one shape; a store
-outage answers 503 with ``Retry-After`` so the hub falls back to stock behaviour.
+Every failure leaves as an ``ErrorBody``, so the clients (the hub, the CLI) parse one shape. A
+store outage the handler could not answer around (an admin edit, or a read before this replica's
+watch cache synced) is a 503 with ``Retry-After``, so the hub falls back to stock behaviour.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class ApiError(Exception):
         self.error = error
         self.detail = detail
         self.headers = dict(headers or {})
+
+
+def store_unavailable(error: str) -> ApiError:
+    """The 503 of a store (Redis) outage, with ``Retry-After``; ``error`` says what it stops."""
+    return ApiError(503, error, {"retryAfterSeconds": RETRY_AFTER_SECONDS}, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def json_answer(model: BaseModel, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -89,14 +95,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = _error(exc)
     except StoreUnavailable as exc:
         log.warning("queue store unavailable", extra={"ctx": {"path": request.path, "error": str(exc)}})
-        response = _error(
-            ApiError(
-                503,
-                "the queue store (Redis) is unavailable; retry later",
-                {"retryAfterSeconds": RETRY_AFTER_SECONDS},
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        )
+        response = _error(store_unavailable("the queue store (Redis) is unavailable; retry later"))
     except web.HTTPException as exc:
         if exc.status == 404:
             message = f"no such API route: {request.method} {request.path}; see {API_PREFIX}/openapi.json"

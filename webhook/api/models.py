@@ -11,13 +11,22 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
-from webhook.models import Eta, PoolStatus, QueueEntry
+from webhook import models as wire
+from webhook.models import Eta, QueueEntry
 
 API_PREFIX: Final = "/api/v1"
 MAX_PAGE: Final = 1000
 
 Role = Literal["public", "read", "admin"]
 """Who may call a route: anyone (the OpenAPI document), a read token, or an admin token."""
+
+Source = Literal["store", "cache"]
+"""Where a read answer comes from: the queue store (Redis), or this replica's watch cache."""
+SOURCE_HEADER: Final = "X-Gpu-Queue-Source"
+SOURCE_TEXT: Final = (
+    "Where this answer comes from: store (the Redis index, as usual) or cache (this replica's watch "
+    "cache of the pods, while Redis is unavailable: the same positions, an unknown ETA)"
+)
 
 
 class _Answer(BaseModel):
@@ -31,6 +40,18 @@ class ErrorBody(_Answer):
 
     error: str
     detail: Any = None
+
+
+class Position(wire.Position):
+    """The answer to "where do I stand?" for one pod or user server, and where it comes from."""
+
+    source: Source = Field("store", description=SOURCE_TEXT)
+
+
+class PoolStatus(wire.PoolStatus):
+    """One pool's capacity, use, queue length and holders, and where they come from."""
+
+    source: Source = Field("store", description=SOURCE_TEXT)
 
 
 class PoolList(RootModel[list[PoolStatus]]):
@@ -56,6 +77,7 @@ class QueueListing(_Answer):
     offset: int
     limit: int | None
     entries: list[QueueItem]
+    source: Source = Field("store", description=SOURCE_TEXT)
 
 
 class MoveRequest(_Answer):

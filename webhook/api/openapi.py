@@ -20,6 +20,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from webhook.api.edits import move_queued_pod, remove_queued_pod
 from webhook.api.models import (
     API_PREFIX,
+    SOURCE_HEADER,
+    SOURCE_TEXT,
     EditResult,
     ErrorBody,
     MoveRequest,
@@ -27,6 +29,7 @@ from webhook.api.models import (
     PoolList,
     PoolPath,
     PoolPodPath,
+    Position,
     QueueListing,
     QueueQuery,
     RemoveQuery,
@@ -35,7 +38,6 @@ from webhook.api.models import (
     UserQuery,
 )
 from webhook.api.positions import get_pod_position, get_pool_queue, get_pools, get_user_position
-from webhook.models import Position
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -60,10 +62,19 @@ class _Route:
     query_params: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
+    sourced: bool = False  # a read that answers from the watch cache during a store outage
 
 
 ROUTES: Final[tuple[_Route, ...]] = (
-    _Route("GET", "/pools", "listPools", "Pools with capacity, use, queue length and holders", get_pools, PoolList),
+    _Route(
+        "GET",
+        "/pools",
+        "listPools",
+        "Pools with capacity, use, queue length and holders",
+        get_pools,
+        PoolList,
+        sourced=True,
+    ),
     _Route(
         "GET",
         "/pools/{pool}/queue",
@@ -74,6 +85,7 @@ ROUTES: Final[tuple[_Route, ...]] = (
         path_params=PoolPath,
         query_params=QueueQuery,
         errors=(400, 404),
+        sourced=True,
     ),
     _Route(
         "GET",
@@ -84,6 +96,7 @@ ROUTES: Final[tuple[_Route, ...]] = (
         Position,
         path_params=PodPath,
         errors=(400, 404),
+        sourced=True,
     ),
     _Route(
         "GET",
@@ -95,6 +108,7 @@ ROUTES: Final[tuple[_Route, ...]] = (
         path_params=UserPath,
         query_params=UserQuery,
         errors=(400, 404),
+        sourced=True,
     ),
     _Route(
         "POST",
@@ -132,7 +146,10 @@ _ERROR_TEXT: Final[Mapping[int, str]] = {
     413: "The request body is too large",
     500: "Internal error",
     502: "The Kubernetes write of the edit failed",
-    503: "The queue store is unavailable (Retry-After), or no API tokens are configured",
+    503: (
+        "The queue store is unavailable (Retry-After): an edit, or a read before this replica's watch "
+        "cache synced; or no API tokens are configured"
+    ),
 }
 
 
@@ -187,6 +204,14 @@ def _openapi_document() -> dict[str, Any]:
         responses: dict[str, Any] = {}
         if route.answer is not None:
             responses["200"] = {"description": "OK", "content": content(route.answer, "serialization")}
+            if route.sourced:
+                responses["200"]["headers"] = {
+                    SOURCE_HEADER: {
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["store", "cache"]},
+                        "description": SOURCE_TEXT,
+                    }
+                }
         else:
             responses["200"] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
         codes = set(route.errors) | {500}

@@ -96,7 +96,8 @@ class WatchCache:
 
     def readers_plan(self, pool: str) -> PoolPlan | None:
         """The pool's plan for readers (the API), made at most once per cache version: it may ask
-        often. None for a pool that is not configured."""
+        often, and answers positions from it while the store is down. None for a pool that is not
+        configured."""
         version, planned = self._planned
         if version != self.version:
             planned = self.plans()

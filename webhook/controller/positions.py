@@ -13,10 +13,10 @@ from datetime import datetime
 from webhook.cluster_view import PodView
 from webhook.config import Config
 from webhook.controller.events import EventWriter
-from webhook.controller.records import holder_of
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.eta import estimate, format_eta
 from webhook.grants import PoolPlan
+from webhook.records import holder_of
 
 
 class PositionEvents:

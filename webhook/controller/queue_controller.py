@@ -30,7 +30,6 @@ from webhook.controller.cache import WatchCache
 from webhook.controller.events import WRITERS, EventWriter, human
 from webhook.controller.gate import ungate
 from webhook.controller.positions import PositionEvents
-from webhook.controller.records import entry_of, holder_of
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
@@ -38,6 +37,7 @@ from webhook.grants import PoolPlan
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
 from webhook.pods import format_time, pointer
 from webhook.protocols import QueueStore
+from webhook.records import entry_of, holder_of
 
 log = logging.getLogger(__package__)  # the controller's one logger, whichever module writes
 
