@@ -7,8 +7,10 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -138,3 +140,44 @@ async def test_a_leader_frozen_past_its_lease_writes_nothing_after_it_thaws(
 
 async def _holder_is(target: Target, identity: str) -> bool:
     return bool((await target.kube.request("GET", LEASE))["spec"].get("holderIdentity") == identity)
+
+
+async def _admin_call(cluster: DevCluster, replica: int, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=str(cluster.ca_file))
+    headers = {"Authorization": f"Bearer {cluster.admin_token}", "X-Gpu-Queue-Actor": "test-admin"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.request(
+            method, f"{cluster.api_url(replica)}/api/v1{path}", json=body, headers=headers, ssl=context
+        ) as response,
+    ):
+        data: dict[str, Any] = await response.json()
+        assert response.status == 200, (response.status, data)
+        return data
+
+
+async def test_admin_edits_sent_to_the_replica_that_does_not_lead_decide_the_next_grants(
+    watched: tuple[DevCluster, Target, InvariantChecker],
+) -> None:
+    """The edit is applied where the admin sent it (Redis, in one script, and the pod); the leader
+    grants from the pods, so the moved user goes next and the removed one keeps no place."""
+    cluster, target, checker = watched
+    holders = await scenarios.fill_pool(target, target.slices, prefix="holder")
+    first, second, third = [(await target.spawn(u))["metadata"]["name"] for u in ("edita", "editb", "editc")]
+    await wait_for(lambda: scenarios._queued_at(target, third, 3), 15, "three users queued")
+    other = 1 - await current_leader(target.kube)
+
+    moved = await _admin_call(
+        cluster, other, "POST", f"/pools/gpu/queue/{target.namespace}/{third}/move", {"position": 1, "reason": "t"}
+    )
+    assert moved["position"] == 1
+    removed = await _admin_call(cluster, other, "DELETE", f"/pools/gpu/queue/{target.namespace}/{first}?reason=t")
+    assert removed["podDeleted"] is True
+
+    await target.logout(holders[0])
+    await checker.wait(lambda v: third in v.holding, 10, "the moved user to get the freed slice")
+    assert second in checker.view().queued
+    back = (await target.spawn("edita"))["metadata"]["name"]
+    await wait_for(lambda: scenarios._queued_at(target, back, 2), 15, "the removed user back at the end, no place")
+    summary = checker.check()
+    print(f"[grants] edits on the replica that does not lead: {json.dumps(summary, default=str)}")
