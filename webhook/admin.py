@@ -25,7 +25,7 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
-from webhook.api import API_PREFIX, EditResult, PoolList, QueueListing
+from webhook.api import API_PREFIX, EditResult, KeptPlaceList, PoolList, QueueListing
 from webhook.eta import format_eta
 from webhook.models import PoolStatus, Position, PositionState
 
@@ -35,7 +35,12 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 class CliError(Exception):
-    """A failure the admin can act on; its message is the one line the CLI prints."""
+    """A failure the admin can act on; its message is the one line the CLI prints. ``status`` is
+    the API's HTTP status when the API answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +91,24 @@ def render_holders(pool: PoolStatus, now: datetime) -> str:
     return render_table(["USER", "SERVER", "POD", "SINCE", "NODE"], rows)
 
 
+def render_kept(places: KeptPlaceList | None, now: datetime) -> str:
+    """Who gets their old place back if they ask again soon (a cancel, a timeout)."""
+    if places is None:
+        return "(unknown while Redis is down: kept places live only there)"
+    if not places.kept_places:
+        return "(none)"
+    rows = [
+        [
+            _dash(p.user),
+            _dash(p.server),
+            format_duration((now - p.requested_at).total_seconds()) + " ago",
+            format_duration((p.expires_at - now).total_seconds()),
+        ]
+        for p in places.kept_places
+    ]
+    return render_table(["USER", "SERVER", "PLACE FROM", "EXPIRES IN"], rows)
+
+
 def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
     if not listing.entries:
         return "(queue is empty)" if listing.queue_length == 0 else f"(no entries here; {listing.queue_length} queued)"
@@ -119,8 +142,13 @@ def render_pool_header(pool: PoolStatus) -> str:
     return header
 
 
-def render_status(pools: Sequence[PoolStatus], queues: Mapping[str, QueueListing], now: datetime) -> str:
-    """Per pool: a header line, the holders table and the queue table."""
+def render_status(
+    pools: Sequence[PoolStatus],
+    queues: Mapping[str, QueueListing],
+    now: datetime,
+    kept: Mapping[str, KeptPlaceList | None] | None = None,
+) -> str:
+    """Per pool: a header line, the holders table, the queue table and the kept places."""
     if not pools:
         return "no pools are configured"
     blocks: list[str] = []
@@ -128,6 +156,8 @@ def render_status(pools: Sequence[PoolStatus], queues: Mapping[str, QueueListing
         parts = [render_pool_header(pool), "", "HOLDERS", render_holders(pool, now), "", "QUEUE"]
         listing = queues.get(pool.name)
         parts.append(render_queue(listing) if listing is not None else "(queue not loaded)")
+        if kept is not None:
+            parts += ["", "KEPT PLACES", render_kept(kept.get(pool.name), now)]
         blocks.append("\n".join(parts))
     return "\n\n".join(blocks)
 
@@ -224,7 +254,7 @@ class _Api:
             )
         if status == 503:
             wait = f"; retry in {retry_after} s" if retry_after else ""
-            return CliError(f"the gpu-queue API is unavailable: {message}{wait}")
+            return CliError(f"the gpu-queue API is unavailable: {message}{wait}", status)
         return CliError(f"{message} (HTTP {status})")
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
@@ -321,11 +351,24 @@ async def _status(args: argparse.Namespace) -> None:
                 raise CliError(f"no pool named {args.pool!r} (pools: {known})")
         names = [p.name for p in pools]
         raw_queues = await _queues(api, names)
+        raw_kept = {name: await _kept(api, name) for name in names}
     if args.output == "json":
-        _print_json({"pools": [p for p in raw_pools if p.get("name") in names], "queues": raw_queues})
+        pools_json = [p for p in raw_pools if p.get("name") in names]
+        _print_json({"pools": pools_json, "queues": raw_queues, "keptPlaces": raw_kept})
         return
     queues = {name: _model(QueueListing, raw) for name, raw in raw_queues.items()}
-    _print(render_status(pools, queues, datetime.now(UTC)))
+    kept = {name: _model(KeptPlaceList, raw) if raw is not None else None for name, raw in raw_kept.items()}
+    _print(render_status(pools, queues, datetime.now(UTC), kept))
+
+
+async def _kept(api: _Api, pool: str) -> Any:
+    """A pool's kept places, or None while Redis (where they live) is down."""
+    try:
+        return await api.get(f"/pools/{_segment(pool)}/kept-places")
+    except CliError as exc:
+        if exc.status == 503:
+            return None
+        raise
 
 
 async def _queue_ls(args: argparse.Namespace) -> None:

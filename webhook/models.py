@@ -68,6 +68,16 @@ class Holder(_Wire):
         return pod_key(self.namespace, self.name)
 
 
+class KeptPlace(_Wire):
+    """A queued pod that left (a cancel, a timeout): its place, kept for ``keepPlaceSeconds`` for
+    the same user and server to come back to."""
+
+    user: str
+    server: str = ""
+    requested_at: datetime = Field(alias="requestedAt", description="the place: the pod's requested-at")
+    expires_at: datetime = Field(alias="expiresAt")
+
+
 class PositionState(StrEnum):
     QUEUED = "queued"
     ADMITTED = "admitted"

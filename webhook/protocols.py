@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from webhook.grants import PoolPlan
-from webhook.models import Holder, QueueEntry
+from webhook.models import Holder, KeptPlace, QueueEntry
 
 
 class StoreUnavailable(Exception):
@@ -64,6 +64,9 @@ class QueueStore(Protocol):
 
     async def release_times(self, pool: str, limit: int = 100) -> list[datetime]:
         """The most recent slice release times, newest first."""
+
+    async def kept_places(self, pool: str) -> list[KeptPlace]:
+        """The pool's live kept places, earliest place first."""
 
     async def ping(self) -> bool:
         """True when the store answers."""

@@ -40,6 +40,7 @@ one script and holds Redis for about 10 us per entry (about 10 ms at 1k entries,
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from redis.exceptions import RedisError
 from webhook import redis_scripts
 from webhook.config import Config
 from webhook.metrics import REDIS_ERRORS
-from webhook.models import Holder, QueueEntry
+from webhook.models import Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_scripts import entry_from, entry_json, from_micros, holder_from, holder_json, micros, user_field
 
@@ -350,6 +351,20 @@ class RedisQueueStore:
         key = self._keys(pool).releases
         raw = await self._run("release_times", lambda: self._redis.lrange(key, 0, max(limit, 1) - 1))
         return [from_micros(_text(v)) for v in raw]
+
+    async def kept_places(self, pool: str) -> list[KeptPlace]:
+        k = self._keys(pool)
+        now = micros(self._clock())
+        raw = await self._run("kept_places", lambda: self._redis.hgetall(k.tombs))
+        out: list[KeptPlace] = []
+        for field_raw, value in raw.items():
+            data = json.loads(_text(value))
+            if int(float(data["expires"])) <= now:
+                continue  # expired; the next write purges it
+            user, _, server = _text(field_raw).partition("\x00")
+            expires = from_micros(data["expires"])
+            out.append(KeptPlace(user=user, server=server, requested_at=from_micros(data["score"]), expires_at=expires))
+        return sorted(out, key=lambda t: (t.requested_at, t.user, t.server))
 
     async def ping(self) -> bool:
         """True when Redis answers within the timeout; False (counted) otherwise, never raises."""

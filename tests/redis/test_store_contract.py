@@ -160,6 +160,24 @@ async def test_returning_user_gets_the_old_place_back_within_keep_place(store: Q
     assert await store.position(POOL, back.key) == (1, 2)
 
 
+async def test_kept_places_are_listed_until_used_or_expired(store: QueueStore, clock: FakeClock) -> None:
+    await store.enqueue(POOL, entry("jupyter-alice", 1), 300)
+    await store.enqueue(POOL, entry("jupyter-bob-ml", 2, user="bob", server="ml"), 300)
+    await store.enqueue(POOL, entry("jupyter-carol", 3), 300)
+    await store.remove(POOL, "jhub/jupyter-bob-ml", 300)
+    clock.advance(10)
+    await store.remove(POOL, "jhub/jupyter-alice", 300)
+    await store.remove(POOL, "jhub/jupyter-carol", 0)  # an admin's removal keeps no place
+    places = await store.kept_places(POOL)
+    assert [(p.user, p.server, p.requested_at) for p in places] == [("alice", "", at(1)), ("bob", "ml", at(2))]
+    assert [p.expires_at for p in places] == [clock() + timedelta(seconds=300), clock() + timedelta(seconds=290)]
+
+    await store.enqueue(POOL, entry("jupyter-alice", 50), 300)  # alice came back: her place is used
+    clock.advance(291)  # bob's expired
+    assert await store.kept_places(POOL) == []
+    assert await store.kept_places("other-pool") == []
+
+
 async def test_tombstone_is_used_once(store: QueueStore) -> None:
     await store.enqueue(POOL, entry("jupyter-alice", 1), 300)
     await store.remove(POOL, "jhub/jupyter-alice", 300)

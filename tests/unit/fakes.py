@@ -21,7 +21,7 @@ from typing import TypeVar
 from webhook.cluster_view import PodView
 from webhook.config import Pool
 from webhook.grants import PoolPlan, plan
-from webhook.models import Holder, QueueEntry
+from webhook.models import Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_store import STATS_CAP
 
@@ -214,6 +214,15 @@ class MemoryQueueStore:
 
     async def release_times(self, pool: str, limit: int = 100) -> list[datetime]:
         return self._pool(pool, "release_times", limit).releases[: max(limit, 1)]
+
+    async def kept_places(self, pool: str) -> list[KeptPlace]:
+        state, now = self._pool(pool, "kept_places"), self.clock()
+        places = [
+            KeptPlace(user=user, server=server, requested_at=t.requested_at, expires_at=t.expires_at)
+            for (user, server), t in state.tombstones.items()
+            if t.expires_at > now
+        ]
+        return sorted(places, key=lambda p: (p.requested_at, p.user, p.server))
 
     async def ping(self) -> bool:
         return not self.down

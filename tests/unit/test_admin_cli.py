@@ -351,6 +351,27 @@ def test_status_json_is_the_raw_api_json(served: Served, capsys: pytest.CaptureF
     data = json.loads(out)
     assert data["pools"] == served.get("/pools")
     assert data["queues"] == {"gpu": served.get("/pools/gpu/queue"), "big": served.get("/pools/big/queue")}
+    assert data["keptPlaces"] == {
+        "gpu": served.get("/pools/gpu/kept-places"),
+        "big": served.get("/pools/big/kept-places"),
+    }
+
+
+def test_status_shows_the_kept_places_and_says_when_redis_has_them_out_of_reach(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served.run(served.store.remove("gpu", "jhub/jupyter-carol", 300))  # carol cancelled: place kept
+    code, out, _ = cli(capsys, "status", "--api", served.url, "--token", READ)
+    assert code == 0
+    lines = out.splitlines()
+    kept = lines[lines.index("KEPT PLACES") + 1 : lines.index("KEPT PLACES") + 3]
+    assert kept[0].split() == ["USER", "SERVER", "PLACE", "FROM", "EXPIRES", "IN"]
+    assert kept[1].split()[:2] == ["carol", "-"] and kept[1].split()[-1] in ("5m00s", "4m59s")
+    served.store.down = True
+    code, out, _ = cli(capsys, "status", "--api", served.url, "--token", READ)
+    assert code == 0, out
+    assert "(unknown while Redis is down: kept places live only there)" in out
+    assert "from the replica's watch cache" in out
 
 
 def test_status_for_one_pool_and_for_a_pool_that_does_not_exist(

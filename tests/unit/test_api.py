@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -1014,3 +1015,18 @@ async def test_a_move_request_body_is_checked_against_the_documented_schema(api:
     OAS31Validator(schema).validate({"position": 2, "reason": "x"})
     with pytest.raises(jsonschema.ValidationError):
         OAS31Validator(schema).validate({"position": 0})
+
+
+async def test_kept_places_list_who_gets_an_old_place_back_and_until_when(api: Api) -> None:
+    await api.store.enqueue("gpu", entry("jupyter-alice", "alice", 10), 300)
+    await api.store.enqueue("gpu", entry("jupyter-bob-ml", "bob", 20, server="ml"), 300)
+    await api.store.remove("gpu", f"{NS}/jupyter-bob-ml", 300)  # bob cancelled: his place is kept
+    answer = await api.call("GET", "/pools/{pool}/kept-places", pool="gpu")
+    assert answer.status == 200
+    (place,) = answer.body["keptPlaces"]
+    assert (place["user"], place["server"], place["requestedAt"]) == ("bob", "ml", "2026-11-28T16:00:20Z")
+    assert datetime.fromisoformat(place["expiresAt"]) == api.store.clock() + timedelta(seconds=300)
+
+    assert (await api.call("GET", "/pools/{pool}/kept-places", pool="nope")).status == 404
+    api.store.down = True  # kept places live in Redis only: no answer from the watch cache
+    assert (await api.call("GET", "/pools/{pool}/kept-places", pool="gpu")).status == 503

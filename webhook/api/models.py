@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from webhook import models as wire
-from webhook.models import Eta, QueueEntry
+from webhook.models import Eta, KeptPlace, QueueEntry
 
 API_PREFIX: Final = "/api/v1"
 MAX_PAGE: Final = 1000
@@ -78,6 +78,15 @@ class QueueListing(_Answer):
     limit: int | None
     entries: list[QueueItem]
     source: Source = Field("store", description=SOURCE_TEXT)
+
+
+class KeptPlaceList(_Answer):
+    """``GET /pools/{pool}/kept-places``: users whose queued server left (a cancel, a timeout) and
+    who get their place back if they ask again before ``expiresAt``. Kept places live in Redis
+    only: while it is down this route is a 503."""
+
+    pool: str
+    kept_places: list[KeptPlace] = Field(alias="keptPlaces", description="earliest place first")
 
 
 class MoveRequest(_Answer):

@@ -24,6 +24,7 @@ from webhook.api.models import (
     SOURCE_TEXT,
     EditResult,
     ErrorBody,
+    KeptPlaceList,
     MoveRequest,
     PodPath,
     PoolList,
@@ -37,7 +38,7 @@ from webhook.api.models import (
     UserPath,
     UserQuery,
 )
-from webhook.api.positions import get_pod_position, get_pool_queue, get_pools, get_user_position
+from webhook.api.positions import get_kept_places, get_pod_position, get_pool_queue, get_pools, get_user_position
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -86,6 +87,16 @@ ROUTES: Final[tuple[_Route, ...]] = (
         query_params=QueueQuery,
         errors=(400, 404),
         sourced=True,
+    ),
+    _Route(
+        "GET",
+        "/pools/{pool}/kept-places",
+        "listKeptPlaces",
+        "A pool's kept places: who gets their old place back if they ask again before it expires",
+        get_kept_places,
+        KeptPlaceList,
+        path_params=PoolPath,
+        errors=(400, 404),
     ),
     _Route(
         "GET",

@@ -29,6 +29,7 @@ from webhook.api.answers import (
 from webhook.api.errors import json_answer, parse_params, store_unavailable
 from webhook.api.models import (
     SOURCE_HEADER,
+    KeptPlaceList,
     PodPath,
     PoolList,
     PoolPath,
@@ -173,6 +174,14 @@ async def get_pools(request: web.Request) -> web.Response:
         return PoolList(out)
 
     return await _answer(request, from_store, lambda: cached.pools(request))
+
+
+async def get_kept_places(request: web.Request) -> web.Response:
+    """A pool's kept places (the tombstones of I5), for admins to see who may come back where."""
+    path = parse_params(PoolPath, request.match_info, "path")
+    pool_config(request, path.pool)
+    places = await request.app[STORE_KEY].kept_places(path.pool)
+    return json_answer(KeptPlaceList(pool=path.pool, kept_places=places))
 
 
 async def get_pool_queue(request: web.Request) -> web.Response:
