@@ -11,6 +11,8 @@ from request/response times: the server's clock read ``Date`` (whole seconds, so
 
 and intersecting these intervals over the last samples pins it down to a few tens of
 milliseconds within minutes (the second boundary falls at a different point of each request).
+The stamps are corrected by the least the interval demands (nothing while it contains 0), so
+replicas whose clocks agree with the API server stamp exactly as before.
 Every replica stamps on the same (the API server's) clock; what remains of the skew between two
 replicas is the width of their estimates, exported as ``gpu_queue_clock_offset_uncertainty_seconds``.
 """
@@ -56,10 +58,13 @@ class ApiServerClock:
 
     @property
     def offset(self) -> float:
-        """Estimated local minus server, seconds (0 before the first sample)."""
+        """The correction applied: the smallest that the evidence demands. 0 while the interval
+        still allows it (a clock that agrees with the server is never made worse by a loose early
+        estimate, which can be half a second wide); otherwise the interval's bound nearest to 0,
+        within its width of the truth, which narrows as samples come in."""
         if self.low is None or self.high is None:
             return 0.0
-        return (self.low + self.high) / 2
+        return min(max(0.0, self.low), self.high)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._wall(), tz=UTC) - timedelta(seconds=self.offset)

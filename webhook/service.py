@@ -166,7 +166,7 @@ async def _run_controller(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
     kube = Kube(api, on_date=clock.observe)
-    controller = QueueController(config, kube, store)
+    controller = QueueController(config, kube, store, clock=clock.now)
     cluster.controller = controller
     on_running()
     try:

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -50,8 +50,19 @@ def default_identity() -> str:
 class QueueController:
     """Watches, decides, writes. Implements ``webhook.protocols.ClusterView`` for the API."""
 
-    def __init__(self, config: Config, kube: Kube, store: QueueStore | None, *, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        kube: Kube,
+        store: QueueStore | None,
+        *,
+        identity: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.config = config
+        # The clock requested-at stamps are on (the API server's, as this replica estimates it):
+        # the settle window and the waits compare with them.
+        self.clock = clock
         self.kube = kube
         self.identity = config.controller.identity or identity or default_identity()
         namespace = config.controller.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
@@ -210,7 +221,7 @@ class QueueController:
 
     async def sync_once(self) -> None:
         """One pass: index changes, grants, Events, stuck heads, periodic rebuild, metrics."""
-        now = datetime.now(UTC)
+        now = self.clock()
         await self._forget(self.cache.take_gone(), now)
         await self._index_new(now)
         plans = self.plans()
@@ -280,7 +291,7 @@ class QueueController:
             log.warning("could not restore a kept place", extra={"ctx": {"pod": view.key, "error": str(exc)}})
             return
         self.cache.amend(replace(view, requested_at=when))
-        waited = (datetime.now(UTC) - when).total_seconds()
+        waited = (self.clock() - when).total_seconds()
         log.info(
             "kept place restored",
             extra={"ctx": {"pod": view.key, "user": view.user, "requested_at": format_time(when)}},
