@@ -5,7 +5,10 @@ service, so it sees every state the API server went through (one observation per
 each is the namespace's exact state at that resourceVersion) and checks:
 
 - **I1 capacity** at every observation: the slices of ungated, unfinished pods of the pool (a
-  two-slice pod counts two) plus other pods' use of the resource on its nodes <= capacity.
+  two-slice pod counts two) plus other pods' use of the resource on its nodes <= capacity. At
+  every grant the pending pods of ``other_namespaces`` that ask for the resource (no nodeName, no
+  scheduling gate, not finished or deleting: the scheduler may give them a slice first) count too,
+  so a grant that leaves a pod granted-but-unschedulable is a violation.
 - **I2 order**: no pod was granted while a pod requested earlier was still waiting. Grants of one
   controller pass share an ``admitted-at``; "still waiting" is decided from the watch's order of
   events (exact), or, for a pod the cluster showed only after the grant, from its first
@@ -232,28 +235,38 @@ class InvariantChecker:
     watch_errors: int = 0
     max_in_use: int = 0
     i3_seconds: list[float] = field(default_factory=list)
+    # Namespaces whose GPU pods (every pod, no label selector) count against the pool too.
+    other_namespaces: tuple[str, ...] = ()
     _holding: set[str] = field(default_factory=set)
     _other_use: dict[str, int] = field(default_factory=dict)
+    _pending_other: dict[str, int] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _other_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _synced: asyncio.Event = field(default_factory=asyncio.Event)
+    _others_listed: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> InvariantChecker:
         self._task = asyncio.create_task(self._run(), name="invariant-watch")
+        self._other_tasks = [
+            asyncio.create_task(self._run_others(ns), name=f"invariant-watch-{ns}") for ns in self.other_namespaces
+        ]
         await wait_until(self._is_synced, 30, "the invariant checker's first list")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, *self._other_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task, self._other_tasks = None, []
 
     async def _is_synced(self) -> bool:
-        if self._task is not None and self._task.done():
-            self._task.result()  # surface a crash of the watch loop
-        return self._synced.is_set()
+        for task in (self._task, *self._other_tasks):
+            if task is not None and task.done():
+                task.result()  # surface a crash of a watch loop
+        return self._synced.is_set() and self._others_listed >= set(self.other_namespaces)
 
     @property
     def path(self) -> str:
@@ -324,6 +337,45 @@ class InvariantChecker:
             self._check_capacity()
         return version
 
+    async def _run_others(self, namespace: str) -> None:
+        """List+watch every pod of ``namespace``: only their use of the resource matters (I1)."""
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        while True:
+            try:
+                listing = await self.kube.request("GET", path, request_timeout=60.0)
+                for pod in listing.get("items") or []:
+                    self._apply_other(pod["metadata"]["uid"], pod)
+                self._others_listed.add(namespace)
+                version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
+                query: dict[str, str | int | bool] = {"resourceVersion": version, "timeoutSeconds": 120}
+                async for event in self.kube.stream(path, query, read_timeout=150):
+                    obj = event.get("object") or {}
+                    uid = str((obj.get("metadata") or {}).get("uid"))
+                    if event.get("type") == "DELETED":
+                        self._other_use.pop(uid, None)
+                        self._pending_other.pop(uid, None)
+                    elif event.get("type") in ("ADDED", "MODIFIED"):
+                        self._apply_other(uid, obj)
+                    self._check_capacity()
+            except asyncio.CancelledError:
+                raise
+            except (KubeError, aiohttp.ClientError, OSError, TimeoutError, json.JSONDecodeError):
+                self.watch_errors += 1
+                await asyncio.sleep(0.2)
+
+    def _apply_other(self, uid: str, pod: dict[str, Any]) -> None:
+        """A pod that is not the pool's: bound, its use counts; pending and schedulable, it competes."""
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        use = _gpu_limit(pod) if status.get("phase") not in FINISHED else 0
+        bound = bool(spec.get("nodeName"))
+        pending = not bound and not _deleting(pod) and not spec.get("schedulingGates")
+        self._other_use.pop(uid, None)
+        self._pending_other.pop(uid, None)
+        if use and bound:
+            self._other_use[uid] = use
+        elif use and pending:
+            self._pending_other[uid] = use
+
     # ---------------------------------------------------------------------- observations
 
     def _left(self, track: Track) -> None:
@@ -377,6 +429,15 @@ class InvariantChecker:
         if in_use > self.capacity:
             holders = sorted(self.tracks[uid].name for uid in self._holding)
             self._violate("I1", f"{in_use} slices in use of {self.capacity} at observation {self.seq}: {holders}")
+        granted = [t.name for t in self.tracks.values() if t.granted_seq == self.seq]
+        pending = sum(self._pending_other.values())
+        if granted and pending and in_use + pending > self.capacity:
+            self._violate(
+                "I1",
+                f"{granted} granted at observation {self.seq} with {in_use} slices in use and {pending} asked for "
+                f"by pending pods of {list(self.other_namespaces)} (capacity {self.capacity}): someone is left "
+                "granted but unschedulable",
+            )
 
     def _violate(self, invariant: str, detail: str) -> None:
         if len(self.violations) < 50:

@@ -7,13 +7,11 @@ pass over its own output yields no patch (the API server may reinvoke it).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from webhook.config import Config, Profile
+from webhook.placement import PlacementError, placement_patch
 from webhook.pods import (
     annotations_of,
     containers_of,
@@ -28,62 +26,14 @@ from webhook.pods import (
 from webhook.profiles import Resolution, choose_profile
 from webhook.quantity import QuantityError, parse_quantity, same_quantity
 from webhook.review import AdmissionRequest, AdmissionReview, answer
+from webhook.review_parse import BadReview, outcome, parse_review
+
+__all__ = ["BadReview", "mutate", "notebook_index", "outcome", "parse_review", "validate"]
 
 Patch = list[dict[str, Any]]
 
 # How far in the future a requested-at may be (clock skew between replicas) and still be ours.
 _FUTURE_SKEW = timedelta(seconds=5)
-
-
-class BadReview(Exception):
-    """The body is not an AdmissionReview v1 request: HTTP 400, never a 5xx."""
-
-
-def parse_review(body: bytes) -> AdmissionReview:
-    """Decode and validate an AdmissionReview request body.
-
-    The fast path validates the JSON in one pass (pydantic-core); only a body it refuses takes
-    the slow path, which finds the words for the 400.
-    """
-    try:
-        review = AdmissionReview.model_validate_json(body)
-    except (ValidationError, ValueError, RecursionError):
-        return _parse_review_slowly(body)
-    if review.request is None:
-        raise BadReview("the AdmissionReview has no request")
-    return review
-
-
-def _parse_review_slowly(body: bytes) -> AdmissionReview:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadReview(f"the body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadReview("the body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise BadReview("the body is not a JSON object (expected an AdmissionReview)")
-    if data.get("apiVersion") != "admission.k8s.io/v1" or data.get("kind") != "AdmissionReview":
-        raise BadReview("expected apiVersion admission.k8s.io/v1 and kind AdmissionReview")
-    try:
-        review = AdmissionReview.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadReview(f"invalid AdmissionReview at {where}: {first['msg']}") from None
-    except RecursionError:
-        raise BadReview("the body is nested too deeply") from None
-    if review.request is None:
-        raise BadReview("the AdmissionReview has no request")
-    return review
-
-
-def outcome(response: AdmissionReview) -> str:
-    """``allowed``, ``patched`` or ``denied``: the metrics label for an answer."""
-    r = response.response
-    if r is None or not r.allowed:
-        return "denied"
-    return "patched" if r.patch else "allowed"
 
 
 def notebook_index(containers: list[dict[str, Any]], config: Config) -> int | None:
@@ -106,7 +56,8 @@ def _request(review: AdmissionReview) -> AdmissionRequest:
 
 
 def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionReview:
-    """Set the profile's resources and env on the notebook container; gate and stamp pool pods."""
+    """Set the profile's resources and env on the notebook container and its node placement on the
+    pod (``webhook.placement``); gate and stamp pool pods."""
     req = _request(review)
     pod = req.object
     if not req.is_pod or req.operation != "CREATE" or not isinstance(pod, dict) or not is_singleuser(pod, config):
@@ -146,6 +97,10 @@ def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionR
         return answer(req, allowed=False, message=f"gpu-queue: the notebook container has a bad resource value: {exc}")
     patch += resources
     patch += _env_patch(containers[index], index, choice.profile)
+    try:
+        patch += placement_patch(pod["spec"], config.placements[choice.name], choice.name, warnings)
+    except PlacementError as exc:
+        return answer(req, allowed=False, message=f"gpu-queue: the pod's {exc}, so the profile cannot place it")
     if choice.profile.pool is not None:
         if pod.get("spec", {}).get("nodeName"):
             return answer(

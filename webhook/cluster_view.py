@@ -14,7 +14,8 @@ from typing import Any
 
 from webhook.config import Config
 from webhook.models import pod_key, score_of
-from webhook.pods import annotations_of, has_gate, is_singleuser, labels_of, parse_time
+from webhook.node_fit import NodeConstraints, Taint, constraints_of, taints_of
+from webhook.pods import annotations_of, has_gate, is_singleuser, labels_of, parse_time, scheduling_gates
 from webhook.quantity import QuantityError, parse_quantity
 
 FINISHED = frozenset({"Succeeded", "Failed"})
@@ -43,6 +44,10 @@ class PodView:
     created_at: datetime | None = None
     # The amount of each pool resource the pod asks for (for usage by pods that are not ours).
     resources: Mapping[str, Decimal] = field(default_factory=dict)
+    any_gate: bool = False  # some scheduling gate (ours or another's): the scheduler leaves it alone
+    # Where the scheduler may put it: read only for a pending pod that is not ours (it competes
+    # for the pool's slices when it could land on one of the pool's nodes).
+    constraints: NodeConstraints | None = None
 
     @property
     def key(self) -> str:
@@ -76,7 +81,9 @@ class NodeView:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     allocatable: Mapping[str, Decimal] = field(default_factory=dict)
-    schedulable: bool = True
+    schedulable: bool = True  # not cordoned
+    ready: bool = True  # the Ready condition is not False or Unknown (node_view: ``_ready``)
+    taints: tuple[Taint, ...] = ()
 
 
 def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
@@ -103,6 +110,8 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         return None
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions if isinstance(c, dict))
+    node = str(spec.get("nodeName") or "")
+    pending = pool is None and not node
     return PodView(
         namespace=namespace,
         name=str(meta.get("name", "")),
@@ -114,7 +123,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         granted_at=parse_time(annotations.get(config.admitted_at_annotation)),
         user=annotations.get("hub.jupyter.org/username") or labels_of(dict(pod)).get("hub.jupyter.org/username", ""),
         server=annotations.get("hub.jupyter.org/servername", ""),
-        node=str(spec.get("nodeName") or ""),
+        node=node,
         phase=str(status.get("phase") or "Pending"),
         ready=ready,
         deleting=meta.get("deletionTimestamp") is not None,
@@ -122,13 +131,24 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         released=config.released_annotation in annotations,
         created_at=parse_time(meta.get("creationTimestamp")),
         resources=resources,
+        any_gate=bool(scheduling_gates(dict(pod))),
+        constraints=constraints_of(spec) if pending else None,
     )
+
+
+def _ready(conditions: Any) -> bool:
+    """The node's Ready condition is True. A node that has reported no Ready condition yet is left
+    to its taints, as the scheduler does (Kubernetes taints a new node not-ready until it reports)."""
+    found = [c for c in conditions or [] if isinstance(c, dict) and c.get("type") == "Ready"]
+    return all(c.get("status") == "True" for c in found)
 
 
 def node_view(node: Mapping[str, Any]) -> NodeView:
     meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    spec = node.get("spec") or {}
     allocatable: dict[str, Decimal] = {}
-    for name, value in ((node.get("status") or {}).get("allocatable") or {}).items():
+    for name, value in (status.get("allocatable") or {}).items():
         try:
             allocatable[str(name)] = parse_quantity(value)
         except QuantityError:
@@ -137,5 +157,7 @@ def node_view(node: Mapping[str, Any]) -> NodeView:
         name=str(meta.get("name", "")),
         labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         allocatable=allocatable,
-        schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        schedulable=not spec.get("unschedulable", False),
+        ready=_ready(status.get("conditions")),
+        taints=taints_of(spec.get("taints")),
     )

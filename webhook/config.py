@@ -1,9 +1,8 @@
 """The service configuration: one YAML file, validated by pydantic, with ``GPU_QUEUE_*`` overrides.
 
 The file is mounted from a ConfigMap. An environment variable ``GPU_QUEUE_A__B`` overrides the
-field ``a.b`` (nested by ``__``, names matched case-insensitively against the YAML keys, values read
-as YAML scalars so ``8``, ``true`` and ``[a, b]`` work). A bad file fails at start with a message
-that names the field.
+field ``a.b`` (``webhook.config_env``). A bad file fails at start with a message that names the
+field. The profile and pool models are in ``webhook.config_profiles``.
 """
 
 from __future__ import annotations
@@ -11,123 +10,36 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from webhook.quantity import QuantityError, cpu_env, memory_env, parse_quantity
+from webhook.config_env import apply_env
+from webhook.config_profiles import Pool, Profile, ProfilePolicy, StuckPolicy, _Model
+from webhook.node_fit import NodeConstraints, terms_of, tolerations_of
 
-ENV_PREFIX = "GPU_QUEUE_"
+if TYPE_CHECKING:
+    from webhook.placement import Placement
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Pool",
+    "Profile",
+    "ProfilePolicy",
+    "StuckPolicy",
+    "default_config_text",
+    "dump_config",
+    "load_config",
+    "run_check",
+]
 
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the field and what is wrong."""
-
-
-class _Model(BaseModel):
-    """Config models: camelCase keys as in the YAML, unknown keys rejected (typos fail loudly)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-Quantity = Annotated[str, Field(description="A Kubernetes quantity such as 500m, 2, 4Gi")]
-
-
-def _check_quantities(values: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in values.items():
-        try:
-            parse_quantity(value)
-        except QuantityError as exc:
-            raise ValueError(f"{name}: {exc}") from None
-        out[name] = str(value)
-    return out
-
-
-class Profile(_Model):
-    """What a profile's pods get: requests and limits of the notebook container, and a pool."""
-
-    display_name: str = Field("", alias="displayName")
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
-    pool: str | None = Field(None, description="The queue pool; None means never gated")
-
-    @field_validator("requests", "limits", mode="before")
-    @classmethod
-    def _quantities(cls, v: Any) -> Any:
-        return _check_quantities(v) if isinstance(v, Mapping) else v
-
-    @functools.cached_property
-    def env(self) -> dict[str, str]:
-        """The env vars JupyterHub writes for these settings, in its format (computed once)."""
-        out: dict[str, str] = {}
-        if "cpu" in self.limits:
-            out["CPU_LIMIT"] = cpu_env(self.limits["cpu"])
-        if "cpu" in self.requests:
-            out["CPU_GUARANTEE"] = cpu_env(self.requests["cpu"])
-        if "memory" in self.limits:
-            out["MEM_LIMIT"] = memory_env(self.limits["memory"])
-        if "memory" in self.requests:
-            out["MEM_GUARANTEE"] = memory_env(self.requests["memory"])
-        return out
-
-    @model_validator(mode="after")
-    def _requests_within_limits(self) -> Profile:
-        for name, request in self.requests.items():
-            limit = self.limits.get(name)
-            if limit is not None and parse_quantity(request) > parse_quantity(limit):
-                raise ValueError(f"requests.{name} ({request}) is larger than limits.{name} ({limit})")
-        return self
-
-
-class StuckPolicy(StrEnum):
-    """What to do with a granted pod that is not Ready within ``admitTimeoutSeconds`` (I7)."""
-
-    KEEP = "keep"
-    RELEASE = "release"
-
-
-class Pool(_Model):
-    """A set of interchangeable slices (one GPU model, time-sliced) and its FIFO."""
-
-    resource: str = "nvidia.com/gpu"
-    capacity: int | Literal["auto"] = Field(
-        "auto", description="A fixed slice count, or auto: the resource's allocatable on the pool's nodes"
-    )
-    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
-    keep_place_seconds: int = Field(300, ge=0, alias="keepPlaceSeconds")
-    admit_timeout_seconds: int = Field(600, gt=0, alias="admitTimeoutSeconds")
-    stuck_policy: StuckPolicy = Field(StuckPolicy.RELEASE, alias="stuckPolicy")
-    cull_timeout_seconds: int = Field(
-        3600, gt=0, alias="cullTimeoutSeconds", description="The idle culler's timeout, an ETA hint"
-    )
-
-    @field_validator("capacity")
-    @classmethod
-    def _non_negative(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("capacity must be >= 0 or 'auto'")
-        return v
-
-
-class ProfilePolicy(StrEnum):
-    """What admission does with a pod whose profile label is missing or unknown."""
-
-    DEFAULT = "default"  # treat it as ``defaultProfile``
-    ALLOW = "allow"  # admit it unchanged
-    DENY = "deny"  # deny it with a message
 
 
 class Tls(_Model):
@@ -241,15 +153,55 @@ class Config(_Model):
                     f"(defined: {', '.join(sorted(self.pools)) or 'none'})"
                 )
             if profile.pool is not None:
-                resource = self.pools[profile.pool].resource
-                if resource not in profile.limits:
-                    raise ValueError(f"profiles.{name}.limits: a profile of pool {profile.pool!r} must set {resource}")
+                pool = self.pools[profile.pool]
+                if pool.resource not in profile.limits:
+                    raise ValueError(
+                        f"profiles.{name}.limits: a profile of pool {profile.pool!r} must set {pool.resource}"
+                    )
+                for key, value in profile.node_selector.items():
+                    if pool.node_selector.get(key, value) != value:
+                        raise ValueError(
+                            f"profiles.{name}.nodeSelector.{key}: {value!r} contradicts pools.{profile.pool}"
+                            f".nodeSelector ({pool.node_selector[key]!r}): its pods could never use the pool"
+                        )
         needs_default = ProfilePolicy.DEFAULT in (self.missing_profile, self.unknown_profile)
         if self.default_profile is not None and self.default_profile not in self.profiles:
             raise ValueError(f"defaultProfile: {self.default_profile!r} is not one of the profiles")
         if needs_default and self.default_profile is None:
             raise ValueError("defaultProfile: required when missingProfile or unknownProfile is 'default'")
+        pools: dict[str, Pool] = {}
+        for pool_name, given in self.pools.items():
+            pool = pools[pool_name] = given.model_copy()  # never change a Pool another Config shares
+            pool._constraints = tuple(
+                self.node_constraints(name) for name, p in self.profiles.items() if p.pool == pool_name
+            )
+        object.__setattr__(self, "pools", pools)
         return self
+
+    def node_selector_of(self, profile: str) -> dict[str, str]:
+        """The nodeSelector a profile's pods get: its pool's, then its own."""
+        chosen = self.profiles[profile]
+        pool = self.pools[chosen.pool].node_selector if chosen.pool is not None else {}
+        return {**pool, **chosen.node_selector}
+
+    @functools.cached_property
+    def placements(self) -> dict[str, Placement]:
+        """Each profile's placement, as admission merges it into pods (computed once)."""
+        from webhook.placement import placement_of  # it reads the models defined here
+
+        return {
+            name: placement_of(self.node_selector_of(name), p.affinity, p.tolerations)
+            for name, p in self.profiles.items()
+        }
+
+    def node_constraints(self, profile: str) -> NodeConstraints:
+        """What admission makes a profile's pods demand of a node (beyond what the hub set)."""
+        chosen = self.profiles[profile]
+        return NodeConstraints(
+            node_selector=self.node_selector_of(profile),
+            terms=terms_of(chosen.affinity),
+            tolerations=tolerations_of(chosen.tolerations),
+        )
 
     # Names derived from the prefix: one place, so the chart, hub and tests agree.
     @property
@@ -289,80 +241,6 @@ def default_config_text() -> str:
     return resources.files("webhook").joinpath("default-config.yaml").read_text()
 
 
-def _top_level_names() -> set[str]:
-    return {(f.alias or n).lower().replace("_", "") for n, f in Config.model_fields.items()}
-
-
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``GPU_QUEUE_A__B`` for every top-level field ``a``; other ``GPU_QUEUE_*`` variables (the
-    CLI's own, like ``GPU_QUEUE_API_URL`` or ``GPU_QUEUE_CONFIG``) are not configuration."""
-    out: dict[str, Any] = {}
-    fields = _top_level_names()
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path or path[0].lower().replace("_", "") not in fields:
-            continue
-        if len(path) == 1 and path[0].lower().replace("_", "") in _SECTIONS:
-            continue  # e.g. GPU_QUEUE_API=... names a section, not a value
-        try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, dict):
-            value = raw  # a scalar override, never a structure smuggled in
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-_SECTIONS = {"redis", "tls", "server", "api", "controller", "admission", "profiles", "pools", "podselector"}
-
-
-def _merge_env(data: dict[str, Any], overrides: dict[str, Any], fields: type[BaseModel] | None) -> None:
-    """Merge env overrides (upper-case names) into data, matching YAML keys case-insensitively."""
-    for name, value in overrides.items():
-        key = _match_key(name, data, fields)
-        if isinstance(value, dict):
-            sub = data.get(key)
-            if not isinstance(sub, dict):
-                sub = {}
-                data[key] = sub
-            _merge_env(sub, value, _sub_model(fields, key))
-        else:
-            data[key] = value
-
-
-def _match_key(name: str, data: Mapping[str, Any], fields: type[BaseModel] | None) -> str:
-    wanted = name.lower().replace("_", "")
-    for key in data:
-        if str(key).lower().replace("_", "") == wanted:
-            return str(key)
-    if fields is not None:
-        for fname, finfo in fields.model_fields.items():
-            alias = finfo.alias or fname
-            if alias.lower().replace("_", "") == wanted:
-                return alias
-    return name.lower()
-
-
-def _sub_model(fields: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
-    if fields is None:
-        return None
-    for fname, finfo in fields.model_fields.items():
-        if key in (fname, finfo.alias):
-            ann = finfo.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                return ann
-    return None
-
-
 def _format_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
@@ -389,7 +267,7 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"{source} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    _merge_env(data, _env_overrides(env), Config)
+    apply_env(data, env, Config)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -3,6 +3,10 @@
 Pure functions over the views of ``webhook.cluster_view``, so the invariants (I1 capacity, I2
 order) are unit-testable against a model without a network. The controller feeds them from its
 watch cache; the HTTP API feeds them the same cache for capacity and usage.
+
+A grant must be schedulable: capacity counts only the pool's nodes where its pods can run now
+(``usable``), and in use counts every pod that takes, or may be given first, one of those slices:
+the pool's holders and other pods bound there or pending and able to land there (``in_use``).
 """
 
 from __future__ import annotations
@@ -25,13 +29,24 @@ def pool_nodes(pool: Pool, nodes: Iterable[NodeView]) -> list[NodeView]:
     ]
 
 
+def usable(pool: Pool, node: NodeView) -> bool:
+    """The pool's pods can run on this node of the pool now: it is Ready, not cordoned, no
+    not-ready/unreachable/unschedulable taint, and every profile of the pool passes its
+    selector, required affinity and NoSchedule/NoExecute taints (what admission gives the pods)."""
+    return (
+        node.ready and node.schedulable and all(c.allows(node.name, node.labels, node.taints) for c in pool.constraints)
+    )
+
+
+def usable_nodes(pool: Pool, nodes: Iterable[NodeView]) -> list[NodeView]:
+    return [n for n in pool_nodes(pool, nodes) if usable(pool, n)]
+
+
 def capacity(pool: Pool, nodes: Iterable[NodeView]) -> int:
-    """Slices the pool may hand out: fixed, or ``auto`` = allocatable over its schedulable nodes."""
+    """Slices the pool may hand out: fixed, or ``auto`` = allocatable over its usable nodes."""
     if pool.capacity != "auto":
         return int(pool.capacity)
-    total = sum(
-        (n.allocatable.get(pool.resource, Decimal(0)) for n in pool_nodes(pool, nodes) if n.schedulable), Decimal(0)
-    )
+    total = sum((n.allocatable.get(pool.resource, Decimal(0)) for n in usable_nodes(pool, nodes)), Decimal(0))
     return int(total)
 
 
@@ -42,16 +57,40 @@ def slices_of(pod: PodView, pool: Pool) -> int:
     return max(1, int(amount.to_integral_value(rounding=ROUND_CEILING)))
 
 
+def competes(pod: PodView, pool: Pool, nodes: Iterable[NodeView]) -> bool:
+    """A pending pod that is not ours could take one of the slices we would grant: the scheduler
+    may bind it now (no scheduling gate, not being deleted) to one of ``nodes`` (the pool's usable
+    nodes), its selector, affinity and tolerations allow it there and its request fits the node.
+    One whose nodeSelector or affinity excludes every such node takes nothing of the pool."""
+    amount = pod.resources.get(pool.resource, Decimal(0))
+    if amount <= 0 or pod.node or pod.finished or pod.deleting or pod.any_gate or pod.constraints is None:
+        return False
+    wants = pod.constraints
+    return any(
+        wants.allows(n.name, n.labels, n.taints) and amount <= n.allocatable.get(pool.resource, Decimal(0))
+        for n in nodes
+    )
+
+
 def in_use(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeView]) -> int:
-    """Slices in use: the pool's holders plus other pods asking for the resource on its nodes (I1)."""
-    node_names = {n.name for n in pool_nodes(pool, nodes)}
+    """Slices in use (I1), counted against what ``capacity`` counts:
+
+    - the pool's holders, except those bound to a pool node that is not usable (with ``auto``, that
+      node's slices are not in the capacity either);
+    - other pods asking for the resource: bound to a counted node, or pending and able to land on
+      a usable one (``competes``): both take a slice the scheduler could give our granted pods."""
+    members = pool_nodes(pool, nodes)
+    usable_members = [n for n in members if usable(pool, n)]
+    counted = {n.name for n in (usable_members if pool.capacity == "auto" else members)}
+    outside = {n.name for n in members} - counted  # pool nodes whose slices are not counted
     used = Decimal(0)
     for pod in pods:
         if pod.pool == name:
-            if pod.holding:
+            if pod.holding and pod.node not in outside:
                 used += slices_of(pod, pool)
-        elif pod.pool is None and not pod.finished and pod.node in node_names:
-            used += pod.resources.get(pool.resource, Decimal(0))
+        elif pod.pool is None and not pod.finished:
+            takes = pod.node in counted if pod.node else competes(pod, pool, usable_members)
+            used += pod.resources.get(pool.resource, Decimal(0)) if takes else Decimal(0)
     return int(used.to_integral_value(rounding=ROUND_CEILING))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from gpu_queue_dev.cluster import manifests
@@ -19,6 +20,7 @@ from gpu_queue_dev.cluster.kube import DevKube
 from gpu_queue_dev.cluster.procs import POLL_SECONDS, DevClusterError, ManagedProcess
 from webhook.config import Config
 from webhook.kube import KubeError
+from webhook.pods import format_time
 
 
 async def create_objects(
@@ -94,6 +96,32 @@ async def set_gpu_slices(kube: DevKube, node: str, n: int, within: float) -> Non
         if time.monotonic() >= deadline:
             raise DevClusterError(f"node {node} does not show {n} GPU slices")
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def set_node_ready(kube: DevKube, node: str, ready: bool, within: float) -> None:
+    """Mark ``node`` NotReady (Ready False, the not-ready taints) or Ready; wait until the API shows it."""
+    path = f"/api/v1/nodes/{node}"
+    node_patch, status_patch = manifests.readiness_patches(await kube.get(path), ready, format_time(datetime.now(UTC)))
+    await kube.merge_patch(path, node_patch)
+    await kube.merge_patch(f"{path}/status", status_patch)
+    want = "True" if ready else "False"
+    deadline = time.monotonic() + within
+    while True:
+        got = await kube.get(path)
+        conditions = got.get("status", {}).get("conditions") or []
+        tainted = any(t.get("key") == manifests.NOT_READY_TAINT for t in got.get("spec", {}).get("taints") or [])
+        if any(c.get("type") == "Ready" and c.get("status") == want for c in conditions) and tainted != ready:
+            return
+        if time.monotonic() >= deadline:
+            raise DevClusterError(f"node {node} does not show Ready={want}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def forget_node_leases(kube: DevKube, nodes: Iterable[str]) -> None:
+    """Delete the nodes' Leases (kwok stopped): a kwok that starts finds none and takes the nodes at
+    once, instead of after a renew interval (it tries to create a Lease its cache does not show yet)."""
+    for node in nodes:
+        await kube.delete_if_present(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")
 
 
 async def clean_namespace(kube: DevKube, namespace: str, within: float) -> None:

@@ -330,6 +330,25 @@ class DevCluster(ClusterHandle):
         self.state.slices = n
         self._save()
 
+    async def set_node_ready(self, ready: bool, node: str = GPU_NODE) -> None:
+        """What a kubelet that stops (or resumes) reporting and the node lifecycle controller do to
+        a node: its Ready condition and the not-ready taints. kwok is restarted around the change
+        and leaves the node alone while it is NotReady (it would mark it Ready at its next
+        heartbeat); the pods on it stay as they are, as on a node whose kubelet went away."""
+        from gpu_queue_dev.cluster import bootstrap
+
+        kwok = self.procs["kwok"]
+        with self._step(f"marking {node} {'Ready' if ready else 'NotReady'}"):
+            kwok.stop(self.timeout)
+            async with self.kube() as kube:
+                await bootstrap.set_node_ready(kube, node, ready, self.timeout)
+                await bootstrap.forget_node_leases(kube, (GPU_NODE, CPU_NODE))
+            kwok.start()
+            self._save()
+            await self._wait("kwok")
+        if ready:
+            await self._wait_nodes_ready()
+
     async def clean_hub_namespace(self, within: float | None = None) -> None:
         """Delete every pod (grace 0) and Event in the hub namespace and wait until the pods are gone."""
         from gpu_queue_dev.cluster import bootstrap

@@ -1,6 +1,6 @@
-"""The objects the dev cluster makes that the chart does not ship: namespaces, the fake nodes (and
-their slice count), and the probe pod that proves the API server reaches the webhook. The service's
-ServiceAccount, RBAC and webhook configurations come from the chart (``chart.py``).
+"""The objects the dev cluster makes that the chart does not ship: namespaces, the fake nodes (their
+slice count and readiness), and the probe pod that proves the API server reaches the webhook. The
+service's ServiceAccount, RBAC and webhook configurations come from the chart (``chart.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ JSON = dict[str, Any]
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
 GPU_RESOURCE = "nvidia.com/gpu"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 def namespace(name: str) -> JSON:
@@ -58,6 +59,35 @@ def gpu_slices_patch(slices: int) -> JSON:
     """Merge patch for the node's status: what the device plugin's re-registration amounts to."""
     value = str(slices)
     return {"status": {"capacity": {GPU_RESOURCE: value}, "allocatable": {GPU_RESOURCE: value}}}
+
+
+def readiness_patches(node: JSON, ready: bool, now: str) -> tuple[JSON, JSON]:
+    """Merge patches (for the node, for its status) that make ``node`` NotReady as a kubelet that
+    stopped reporting and the node lifecycle controller leave it (Ready False, the not-ready
+    NoSchedule and NoExecute taints), or Ready again. While NotReady the node loses kwok's
+    annotation: kwok would mark it Ready at its next heartbeat."""
+    taints = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != NOT_READY_TAINT]
+    if not ready:
+        taints += [
+            {"key": NOT_READY_TAINT, "effect": "NoSchedule", "timeAdded": now},
+            {"key": NOT_READY_TAINT, "effect": "NoExecute", "timeAdded": now},
+        ]
+    conditions = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+    conditions.append(
+        {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "message": "kubelet is posting ready status" if ready else "the dev cluster marked the node NotReady",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+    )
+    node_patch = {
+        "metadata": {"annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE if ready else None}},
+        "spec": {"taints": taints or None},
+    }
+    return node_patch, {"status": {"conditions": conditions}}
 
 
 def probe_pod(hub_namespace: str, pod_selector: dict[str, str], profile_label: str, profile: str) -> JSON:

@@ -1,5 +1,5 @@
-"""Property tests: whatever pod arrives, mutation answers, its patch applies, and a second pass
-over the result is a no-op."""
+"""Property tests: whatever pod arrives (node placement of any shape included), mutation answers,
+its patch applies, and a second pass over the result is a no-op."""
 
 from __future__ import annotations
 
@@ -46,6 +46,49 @@ container = st.fixed_dictionaries(
 )
 
 
+label_key = st.sampled_from(["nvidia.com/gpu.present", "zone", "hub.jupyter.org/node-purpose"])
+expression = st.fixed_dictionaries(
+    {"key": label_key, "operator": st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"])},
+    optional={"values": st.lists(st.sampled_from(["true", "user", "a"]), max_size=2)},
+)
+node_terms = st.lists(
+    st.fixed_dictionaries({}, optional={"matchExpressions": st.lists(expression, max_size=3)}), max_size=3
+)
+affinity = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeAffinity": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "requiredDuringSchedulingIgnoredDuringExecution": st.one_of(
+                        st.none(), st.fixed_dictionaries({"nodeSelectorTerms": node_terms})
+                    )
+                },
+            ),
+        ),
+        "podAntiAffinity": st.just({}),
+    },
+)
+toleration = st.fixed_dictionaries(
+    {"key": st.sampled_from(["hub.jupyter.org/dedicated", "nvidia.com/gpu", ""])},
+    optional={
+        "operator": st.sampled_from(["Equal", "Exists"]),
+        "value": st.sampled_from(["user", ""]),
+        "effect": st.sampled_from(["NoSchedule", "NoExecute", ""]),
+    },
+)
+placement = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeSelector": st.one_of(st.none(), st.dictionaries(label_key, st.sampled_from(["true", "a"]), max_size=2)),
+        "affinity": st.one_of(st.none(), affinity),
+        "tolerations": st.one_of(st.none(), st.lists(toleration, max_size=3)),
+    },
+)
+
+
 @st.composite
 def pods(draw: st.DrawFn) -> dict[str, Any]:
     labels = {"component": "singleuser-server"}
@@ -56,7 +99,7 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     annotations = draw(st.one_of(st.none(), st.dictionaries(keys, text, max_size=4)))
     if annotations is not None:
         metadata["annotations"] = annotations
-    spec: dict[str, Any] = {"containers": draw(st.lists(container, min_size=1, max_size=3))}
+    spec: dict[str, Any] = {"containers": draw(st.lists(container, min_size=1, max_size=3)), **draw(placement)}
     gates = draw(
         st.one_of(st.none(), st.lists(st.sampled_from(["gpu-queue.io/slice", "other.io/x"]), max_size=2, unique=True))
     )

@@ -21,6 +21,27 @@ def test_shipped_default_is_the_seed() -> None:
     assert config.gate_name == "gpu-queue.io/slice" and config.profile_label == "gpu-queue.io/profile"
 
 
+def test_the_seed_keeps_cpu_users_off_gpu_nodes_and_gpu_pods_on_z2jh_user_nodes() -> None:
+    config = load_config(env={})
+    cpu = config.node_constraints("cpu-only")
+    assert not cpu.allows("gpu-1", {"nvidia.com/gpu.present": "true"}, ())
+    assert cpu.allows("cpu-1", {"kubernetes.io/os": "linux"}, ())
+    gpu = config.pools["gpu"].constraints
+    assert [c.tolerations for c in gpu] == [config.node_constraints("gpu-enabled").tolerations]
+    assert {t.key for t in gpu[0].tolerations} == {"hub.jupyter.org/dedicated", "hub.jupyter.org_dedicated"}
+    assert config.placements["cpu-only"].terms and not config.placements["gpu-enabled"].node_selector
+
+
+def test_a_pool_profile_gets_its_pools_node_selector(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    seed = (Path(__file__).parents[2] / "webhook/default-config.yaml").read_text()
+    path.write_text(seed.replace("    nodeSelector: {}", "    nodeSelector: {nvidia.com/gpu.product: RTX-5090}"))
+    config = load_config(path, env={})
+    assert config.pools["gpu"].node_selector == {"nvidia.com/gpu.product": "RTX-5090"}
+    assert config.placements["gpu-enabled"].node_selector == {"nvidia.com/gpu.product": "RTX-5090"}
+    assert config.placements["cpu-only"].node_selector == {}
+
+
 def test_env_overrides_nested_fields_and_reads_yaml_scalars() -> None:
     config = load_config(
         env={
@@ -51,6 +72,31 @@ def test_cli_variables_with_the_same_prefix_are_not_configuration() -> None:
         ("profiles: {g: {limits: {cpu: '1'}, pool: nope}}", "profiles.g.pool"),
         ("server: {prot: 1}", "server.prot"),
         ("profiles: {g: {requests: {cpu: '4'}, limits: {cpu: '2'}}}", "requests.cpu"),
+        ("profiles: {g: {affinity: {nodeAffinty: {}}}}", "profiles.g.affinity"),
+        (
+            "profiles: {g: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: "
+            "{nodeSelectorTerms: [{matchExpressions: [{key: a, operator: Has}]}]}}}}}",
+            "operator",
+        ),
+        (
+            "profiles: {g: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: "
+            "{nodeSelectorTerms: [{}]}}}}}",
+            "matches no node",
+        ),
+        (
+            "profiles: {g: {affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: "
+            "{nodeSelectorTerms: [{matchExpressions: [{key: a, operator: In, values: [1]}]}]}}}}}",
+            "quote numbers",
+        ),
+        ("profiles: {g: {tolerations: [{key: a, operator: Exist}]}}", "profiles.g.tolerations"),
+        ("profiles: {g: {tolerations: [{operator: Equal, value: x}]}}", "empty key"),
+        ("profiles: {g: {tolerations: [{key: a, effect: NoSchedule, tolerationSeconds: 5}]}}", "NoExecute"),
+        ("profiles: {g: {nodeSelector: [a]}}", "profiles.g.nodeSelector"),
+        (
+            "pools: {gpu: {nodeSelector: {zone: a}}}\n"
+            "profiles: {g: {pool: gpu, limits: {nvidia.com/gpu: '1'}, nodeSelector: {zone: b}}}",
+            "profiles.g.nodeSelector.zone",
+        ),
     ],
 )
 def test_bad_file_fails_with_a_message_naming_the_field(tmp_path: Path, text: str, field: str) -> None:

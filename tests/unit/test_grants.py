@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from webhook.cluster_view import NodeView, PodView, node_view, pod_view
-from webhook.config import load_config
+from webhook.config import Config, load_config
 from webhook.grants import capacity, in_use, plan
+from webhook.node_fit import NodeConstraints, Taint, Toleration, constraints_of
 
 CONFIG = load_config(env={})
 POOL = CONFIG.pools["gpu"]
@@ -51,6 +52,166 @@ def test_auto_capacity_is_the_allocatable_of_the_pools_nodes() -> None:
     assert capacity(POOL, [GPU_NODE, CPU_NODE]) == 8
     assert capacity(POOL, [GPU_NODE, replace(GPU_NODE, name="gpu-2")]) == 16
     assert capacity(POOL, [replace(GPU_NODE, schedulable=False)]) == 0
+
+
+NOT_READY = (
+    Taint("node.kubernetes.io/not-ready", "", "NoSchedule"),
+    Taint("node.kubernetes.io/not-ready", "", "NoExecute"),
+)
+
+
+def config_with(**profile: object) -> Config:
+    """The seed with the gpu-enabled profile's placement replaced."""
+    data = CONFIG.model_dump(by_alias=True, mode="json")
+    data["profiles"]["gpu-enabled"].update(profile)
+    data["redis"]["url"] = "redis://localhost:6379/0"
+    return Config.model_validate(data)
+
+
+def test_a_not_ready_node_gives_no_capacity_with_or_without_its_taint() -> None:
+    assert capacity(POOL, [replace(GPU_NODE, ready=False)]) == 0
+    assert capacity(POOL, [replace(GPU_NODE, ready=False, taints=NOT_READY)]) == 0
+    # The taint can outlive the condition by a moment (the node controller lifts it): still not counted.
+    assert capacity(POOL, [replace(GPU_NODE, taints=NOT_READY)]) == 0
+    unreachable = Taint("node.kubernetes.io/unreachable", "", "NoExecute")
+    assert capacity(POOL, [replace(GPU_NODE, taints=(unreachable,))]) == 0
+    assert capacity(POOL, [GPU_NODE, replace(GPU_NODE, name="gpu-2", ready=False)]) == 8
+
+
+def test_not_ready_taints_block_even_when_a_profile_tolerates_them() -> None:
+    """Every pod tolerates not-ready/unreachable NoExecute for 300 s; that only delays an eviction."""
+    tolerant = config_with(tolerations=[{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}])
+    assert capacity(tolerant.pools["gpu"], [replace(GPU_NODE, taints=NOT_READY)]) == 0
+
+
+def test_a_cordoned_node_gives_no_capacity() -> None:
+    cordoned = replace(GPU_NODE, schedulable=False, taints=(Taint("node.kubernetes.io/unschedulable"),))
+    assert capacity(POOL, [cordoned]) == 0
+
+
+def test_taints_count_only_when_every_profile_of_the_pool_tolerates_them() -> None:
+    dedicated = Taint("nvidia.com/gpu", "present", "NoSchedule")
+    assert capacity(POOL, [replace(GPU_NODE, taints=(dedicated,))]) == 0  # the seed does not tolerate it
+    tolerant = config_with(tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    assert capacity(tolerant.pools["gpu"], [replace(GPU_NODE, taints=(dedicated,))]) == 8
+    # NoExecute is another effect: a NoSchedule toleration does not cover it.
+    evicting = Taint("nvidia.com/gpu", "present", "NoExecute")
+    assert capacity(tolerant.pools["gpu"], [replace(GPU_NODE, taints=(evicting,))]) == 0
+    # PreferNoSchedule never keeps a pod off; the seed tolerates z2jh's dedicated user nodes.
+    soft = Taint("example.org/soft", "", "PreferNoSchedule")
+    z2jh = Taint("hub.jupyter.org/dedicated", "user", "NoSchedule")
+    assert capacity(POOL, [replace(GPU_NODE, taints=(soft, z2jh))]) == 8
+    # A second profile of the pool without the toleration: the node is not usable for it.
+    data = tolerant.model_dump(by_alias=True, mode="json")
+    data["redis"]["url"] = "redis://x:6379/0"
+    data["profiles"]["gpu-other"] = {"limits": {"nvidia.com/gpu": "1"}, "pool": "gpu"}
+    mixed = Config.model_validate(data)
+    assert capacity(mixed.pools["gpu"], [replace(GPU_NODE, taints=(dedicated,))]) == 0
+
+
+def test_profile_placement_narrows_the_pools_nodes() -> None:
+    product = config_with(nodeSelector={"nvidia.com/gpu.product": "RTX-5090"})
+    other = replace(GPU_NODE, name="gpu-2", labels={**GPU_NODE.labels, "nvidia.com/gpu.product": "A100"})
+    fit = replace(GPU_NODE, labels={**GPU_NODE.labels, "nvidia.com/gpu.product": "RTX-5090"})
+    assert capacity(product.pools["gpu"], [fit, other]) == 8
+    affinity = config_with(
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["A100"]}]}
+                    ]
+                }
+            }
+        }
+    )
+    assert capacity(affinity.pools["gpu"], [fit, other]) == 8
+    assert capacity(affinity.pools["gpu"], [fit]) == 0
+
+
+def test_holders_on_an_unusable_node_use_none_of_the_counted_slices() -> None:
+    """Two GPU nodes, one NotReady with 8 holders on it: the other node's 8 slices are free."""
+    down = replace(GPU_NODE, ready=False, taints=NOT_READY)
+    up = replace(GPU_NODE, name="gpu-2")
+    holders = [holder(f"h{i}") for i in range(8)]
+    result = plan("gpu", POOL, [*holders, *(queued(f"q{i}", i) for i in range(9))], [down, up])
+    assert (result.capacity, result.in_use) == (8, 0)
+    assert [p.name for p in result.grants] == [f"q{i}" for i in range(8)]
+    # One node, NotReady: nothing to grant, whatever logs out.
+    alone = plan("gpu", POOL, [*holders[:6], queued("a", 0), queued("b", 1)], [down])
+    assert (alone.capacity, alone.in_use, alone.grants) == (0, 0, [])
+    # Granted but not bound yet: counted wherever it will land.
+    assert in_use("gpu", POOL, [holder("unbound", node="")], [down]) == 1
+    # A fixed capacity is the admin's number: every holder counts.
+    fixed = POOL.model_copy(update={"capacity": 8})
+    assert in_use("gpu", fixed, holders, [down]) == 8
+
+
+def other_pending(name: str = "train", slices: int = 1, **spec: object) -> PodView:
+    return PodView(
+        namespace="ml",
+        name=name,
+        resources={"nvidia.com/gpu": Decimal(slices)},
+        constraints=constraints_of(spec),
+    )
+
+
+def test_a_pending_pod_that_is_not_ours_counts_when_it_could_land_on_the_pool() -> None:
+    holders = [holder(f"h{i}") for i in range(7)]
+    waiting = queued("user", 0)
+    pending = other_pending()
+    result = plan("gpu", POOL, [*holders, waiting, pending], [GPU_NODE, CPU_NODE])
+    assert result.in_use == 8 and result.grants == []  # the scheduler may give it the free slice
+    assert in_use("gpu", POOL, [pending], [GPU_NODE]) == 1
+
+
+def test_a_pending_pod_that_cannot_take_a_pool_slice_is_not_counted() -> None:
+    nodes = [GPU_NODE, CPU_NODE]
+    elsewhere = other_pending(nodeSelector={"nvidia.com/gpu.product": "A100"})
+    excluded = other_pending(
+        affinity={
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}]}
+                    ]
+                }
+            }
+        }
+    )
+    gated = replace(other_pending(), any_gate=True)  # another controller holds it back
+    leaving = replace(other_pending(), deleting=True)
+    too_big = other_pending(slices=9)  # no node has 9: it never schedules
+    finished = replace(other_pending(), phase="Failed")
+    for pod in (elsewhere, excluded, gated, leaving, too_big, finished):
+        assert in_use("gpu", POOL, [pod], nodes) == 0, pod
+    # Matching selectors, and tolerations a tainted pool node needs, make it count.
+    chosen = other_pending(nodeSelector={"nvidia.com/gpu.present": "true"})
+    assert in_use("gpu", POOL, [chosen], nodes) == 1
+    tainted = replace(GPU_NODE, taints=(Taint("hub.jupyter.org/dedicated", "user", "NoSchedule"),))
+    assert in_use("gpu", POOL, [other_pending()], [tainted]) == 0
+    tolerant = other_pending(tolerations=[{"key": "hub.jupyter.org/dedicated", "operator": "Exists"}])
+    assert in_use("gpu", POOL, [tolerant], [tainted]) == 1
+    # No usable pool node at all: nowhere to land.
+    assert in_use("gpu", POOL, [other_pending()], [replace(GPU_NODE, ready=False)]) == 0
+
+
+def test_pod_view_reads_what_a_pending_pod_that_is_not_ours_demands() -> None:
+    pod = {
+        "metadata": {"name": "train", "namespace": "ml"},
+        "spec": {
+            "nodeSelector": {"a": "b"},
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}],
+            "schedulingGates": [{"name": "example.org/quota"}],
+        },
+    }
+    view = pod_view(pod, CONFIG)
+    assert view is not None and view.pool is None and view.any_gate and not view.gated
+    assert view.constraints == NodeConstraints({"a": "b"}, (), (Toleration("k", "Exists", "", "NoSchedule"),))
+    bound = {**pod, "spec": {**pod["spec"], "nodeName": "gpu-1"}}
+    view = pod_view(bound, CONFIG)
+    assert view is not None and view.constraints is None and view.node == "gpu-1"
 
 
 def test_fixed_capacity_ignores_the_nodes() -> None:
@@ -128,6 +289,24 @@ def test_node_view_reads_allocatable_and_cordon() -> None:
     }
     view = node_view(node)
     assert view.allocatable["nvidia.com/gpu"] == 16 and not view.schedulable
+    # No Ready condition reported (yet): left to the taints, as the scheduler does; Kubernetes
+    # taints a registering node not-ready until its kubelet reports Ready.
+    assert view.ready and capacity(POOL, [replace(view, schedulable=True)]) == 16
+    node["spec"] = {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}
+    assert capacity(POOL, [node_view(node)]) == 0
+
+
+def test_node_view_reads_the_ready_condition_and_taints() -> None:
+    node = {
+        "metadata": {"name": "gpu-1"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}, "junk"]},
+        "status": {"conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}]},
+    }
+    view = node_view(node)
+    assert view.ready and view.taints == (Taint("node.kubernetes.io/not-ready", "", "NoExecute"),)
+    for status in ("False", "Unknown"):
+        node["status"] = {"conditions": [{"type": "Ready", "status": status}]}
+        assert not node_view(node).ready
 
 
 def test_a_two_slice_head_takes_two_and_blocks_those_behind_until_it_fits() -> None:
@@ -159,12 +338,15 @@ def _fifo_key(entry: tuple[int, str, int]) -> tuple[int, str]:
 
 
 class QueueModel(RuleBasedStateMachine):
-    """Random arrivals of one- and two-slice users, cancels, logouts, capacity changes and
-    controller restarts, checked against an independent model of the queue.
+    """Random arrivals of one- and two-slice users, cancels, logouts, capacity changes, the node
+    going NotReady and back, pending GPU pods that are not ours, and controller restarts, checked
+    against an independent model of the queue.
 
-    The model keeps its own waiting list (arrival stamp, name, slices) and holders (name -> slices)
-    and its own rule: walk the waiting list in (stamp, namespace/name) order and grant while the
-    head's slices fit in what is free. After every sync the implementation's grants must be
+    The model keeps its own waiting list (arrival stamp, name, slices), holders (name -> slices)
+    and pending outsiders, and its own rule: the capacity is the node's slices while it is Ready
+    (else 0), a pending outsider takes one slice when it could be scheduled (a Ready node with a
+    slice at all), and the waiting list is walked in (stamp, namespace/name) order granting while
+    the head's slices fit in what is free. After every sync the implementation's grants must be
     exactly the model's: that is I1 (never above capacity, in slices), I2 (strict FIFO, a head that
     does not fit blocks the rest) and work conservation at once.
     """
@@ -174,11 +356,19 @@ class QueueModel(RuleBasedStateMachine):
         self.pods: dict[str, PodView] = {}
         self.waiting: list[tuple[int, str, int]] = []  # the model: (stamp, name, slices)
         self.holding: dict[str, int] = {}  # the model: name -> slices
+        self.outsiders: set[str] = set()  # the model: pending GPU pods of someone else
         self.slices = 8
+        self.ready = True
         self.clock = 0
 
     def nodes(self) -> list[NodeView]:
-        return [replace(GPU_NODE, allocatable={"nvidia.com/gpu": Decimal(self.slices)})]
+        return [replace(GPU_NODE, allocatable={"nvidia.com/gpu": Decimal(self.slices)}, ready=self.ready)]
+
+    def capacity(self) -> int:
+        return self.slices if self.ready else 0
+
+    def outside_use(self) -> int:
+        return len(self.outsiders) if self.ready and self.slices >= 1 else 0
 
     @rule(n=st.integers(1, 5), data=st.data())
     def arrive(self, n: int, data: st.DataObject) -> None:
@@ -208,12 +398,33 @@ class QueueModel(RuleBasedStateMachine):
     def change_capacity(self, slices: int) -> None:
         self.slices = slices
 
+    @rule(ready=st.booleans())
+    def node_readiness(self, ready: bool) -> None:
+        self.ready = ready
+
+    @precondition(lambda self: len(self.outsiders) < 3)
+    @rule()
+    def outsider_waits(self) -> None:
+        self.clock += 1
+        name = f"o{self.clock}"
+        self.outsiders.add(name)
+        self.pods[name] = PodView(
+            namespace="ml", name=name, resources={"nvidia.com/gpu": Decimal(1)}, constraints=NodeConstraints()
+        )
+
+    @precondition(lambda self: bool(self.outsiders))
+    @rule(data=st.data())
+    def outsider_leaves(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.outsiders)))
+        self.outsiders.remove(name)
+        del self.pods[name]
+
     @rule()
     def restart(self) -> None:
         """A new controller knows only the pods: nothing else carries over."""
 
     def expected_grants(self) -> list[str]:
-        free = self.slices - sum(self.holding.values())
+        free = self.capacity() - sum(self.holding.values()) - self.outside_use()
         granted = []
         for _, name, need in sorted(self.waiting, key=_fifo_key):
             if need > free:
@@ -225,7 +436,8 @@ class QueueModel(RuleBasedStateMachine):
     @rule()
     def sync(self) -> None:
         result = plan("gpu", POOL, self.pods.values(), self.nodes())
-        assert result.in_use == sum(self.holding.values())
+        assert result.capacity == self.capacity()
+        assert result.in_use == sum(self.holding.values()) + self.outside_use()
         assert [p.name for p in result.queue] == [name for _, name, _ in sorted(self.waiting, key=_fifo_key)]
         assert [p.name for p in result.grants] == self.expected_grants()
         for head in result.grants:
@@ -236,8 +448,9 @@ class QueueModel(RuleBasedStateMachine):
 
     @invariant()
     def never_above_capacity_by_our_grants(self) -> None:
-        """Use above capacity only ever comes from the capacity shrinking, never from a grant."""
-        if sum(self.holding.values()) > self.slices:
+        """Use above capacity only ever comes from the capacity shrinking (or an outsider's pod),
+        never from a grant."""
+        if sum(self.holding.values()) + self.outside_use() > self.capacity():
             assert self.expected_grants() == []
 
 

@@ -1,0 +1,138 @@
+"""The profiles and pools of the configuration: what a profile's pods get (resources, a pool,
+node placement) and what a pool hands out. Re-exported by ``webhook.config``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from webhook.node_fit import NodeConstraints, check_affinity, check_tolerations
+from webhook.quantity import QuantityError, cpu_env, memory_env, parse_quantity
+
+
+class _Model(BaseModel):
+    """Config models: camelCase keys as in the YAML, unknown keys rejected (typos fail loudly)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+Quantity = Annotated[str, Field(description="A Kubernetes quantity such as 500m, 2, 4Gi")]
+
+
+def _check_quantities(values: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            parse_quantity(value)
+        except QuantityError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        out[name] = str(value)
+    return out
+
+
+class Profile(_Model):
+    """What a profile's pods get: requests and limits of the notebook container, a pool, and where
+    they may run (merged into the pod by admission: ``webhook.placement``)."""
+
+    display_name: str = Field("", alias="displayName")
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    pool: str | None = Field(None, description="The queue pool; None means never gated")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, alias="nodeSelector", description="Added to the pod's nodeSelector"
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, description="A Kubernetes affinity, ANDed with the pod's (required node terms)"
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Appended to the pod's tolerations when not there yet"
+    )
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_affinity(v)
+        return v
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        check_tolerations(v)
+        return v
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities(cls, v: Any) -> Any:
+        return _check_quantities(v) if isinstance(v, Mapping) else v
+
+    @functools.cached_property
+    def env(self) -> dict[str, str]:
+        """The env vars JupyterHub writes for these settings, in its format (computed once)."""
+        out: dict[str, str] = {}
+        if "cpu" in self.limits:
+            out["CPU_LIMIT"] = cpu_env(self.limits["cpu"])
+        if "cpu" in self.requests:
+            out["CPU_GUARANTEE"] = cpu_env(self.requests["cpu"])
+        if "memory" in self.limits:
+            out["MEM_LIMIT"] = memory_env(self.limits["memory"])
+        if "memory" in self.requests:
+            out["MEM_GUARANTEE"] = memory_env(self.requests["memory"])
+        return out
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Profile:
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(f"requests.{name} ({request}) is larger than limits.{name} ({limit})")
+        return self
+
+
+class StuckPolicy(StrEnum):
+    """What to do with a granted pod that is not Ready within ``admitTimeoutSeconds`` (I7)."""
+
+    KEEP = "keep"
+    RELEASE = "release"
+
+
+class Pool(_Model):
+    """A set of interchangeable slices (one GPU model, time-sliced) and its FIFO."""
+
+    resource: str = "nvidia.com/gpu"
+    capacity: int | Literal["auto"] = Field(
+        "auto", description="A fixed slice count, or auto: the resource's allocatable on the pool's nodes"
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    keep_place_seconds: int = Field(300, ge=0, alias="keepPlaceSeconds")
+    admit_timeout_seconds: int = Field(600, gt=0, alias="admitTimeoutSeconds")
+    stuck_policy: StuckPolicy = Field(StuckPolicy.RELEASE, alias="stuckPolicy")
+    cull_timeout_seconds: int = Field(
+        3600, gt=0, alias="cullTimeoutSeconds", description="The idle culler's timeout, an ETA hint"
+    )
+    # What every profile of the pool demands of a node (set by Config): a node's slices count only
+    # where all of them can run. A pool on its own demands only its nodeSelector.
+    _constraints: tuple[NodeConstraints, ...] = PrivateAttr(default=())
+
+    @property
+    def constraints(self) -> tuple[NodeConstraints, ...]:
+        return self._constraints or (NodeConstraints(node_selector=self.node_selector),)
+
+    @field_validator("capacity")
+    @classmethod
+    def _non_negative(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("capacity must be >= 0 or 'auto'")
+        return v
+
+
+class ProfilePolicy(StrEnum):
+    """What admission does with a pod whose profile label is missing or unknown."""
+
+    DEFAULT = "default"  # treat it as ``defaultProfile``
+    ALLOW = "allow"  # admit it unchanged
+    DENY = "deny"  # deny it with a message
