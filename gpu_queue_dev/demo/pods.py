@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gpu_queue_dev.demo.cast import profile_short
-from webhook.admin import format_duration, render_table
+from webhook.admin_render import format_duration, render_table
 from webhook.api import QueueListing
 from webhook.config import Config
 from webhook.pods import parse_time

@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.fakes import FakeCluster, MemoryQueueStore
-from webhook.admin import format_duration, render_edit, render_queue, render_status, render_table
+from webhook.admin_render import format_duration, render_edit, render_queue, render_status, render_table
 from webhook.api import EditResult, PoolList, QueueListing, create_api_app
 from webhook.cli import main
 from webhook.config import Config
