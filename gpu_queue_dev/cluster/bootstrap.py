@@ -117,6 +117,22 @@ async def set_node_ready(kube: DevKube, node: str, ready: bool, within: float) -
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def manage_node(kube: DevKube, node: str) -> None:
+    """Give ``node`` back to kwok (its annotation), leaving its Ready condition and taints alone."""
+    annotation = {"metadata": {"annotations": {manifests.KWOK_ANNOTATION: manifests.KWOK_ANNOTATION_VALUE}}}
+    await kube.merge_patch(f"/api/v1/nodes/{node}", annotation)
+
+
+async def wait_node_lease(kube: DevKube, node: str, within: float) -> None:
+    """Until kwok heartbeats ``node`` again (it holds the node's Lease): it runs its pods from then."""
+    path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"
+    deadline = time.monotonic() + within
+    while await kube.get_if_present(path) is None:
+        if time.monotonic() >= deadline:
+            raise DevClusterError(f"kwok did not take node {node} back (no Lease after {within:.0f} s)")
+        await asyncio.sleep(POLL_SECONDS)
+
+
 async def forget_node_leases(kube: DevKube, nodes: Iterable[str]) -> None:
     """Delete the nodes' Leases (kwok stopped): a kwok that starts finds none and takes the nodes at
     once, instead of after a renew interval (it tries to create a Lease its cache does not show yet)."""

@@ -341,11 +341,20 @@ class DevCluster(ClusterHandle):
         with self._step(f"marking {node} {'Ready' if ready else 'NotReady'}"):
             kwok.stop(self.timeout)
             async with self.kube() as kube:
-                await bootstrap.set_node_ready(kube, node, ready, self.timeout)
+                if ready:
+                    # kwok takes the node back first; only then do the taints go, so no pod is
+                    # granted a slice of a node whose fake kubelet is not running it yet.
+                    await bootstrap.manage_node(kube, node)
+                else:
+                    await bootstrap.set_node_ready(kube, node, ready, self.timeout)
                 await bootstrap.forget_node_leases(kube, (GPU_NODE, CPU_NODE))
             kwok.start()
             self._save()
             await self._wait("kwok")
+            if ready:
+                async with self.kube() as kube:
+                    await bootstrap.wait_node_lease(kube, node, self.timeout)
+                    await bootstrap.set_node_ready(kube, node, ready, self.timeout)
         if ready:
             await self._wait_nodes_ready()
 
