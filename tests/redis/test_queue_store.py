@@ -11,12 +11,13 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.helpers.clock import FakeClock
+from tests.helpers.queue_records import POOL, T0, entry, holder_for, queued_keys
 from tests.helpers.redis_server import RedisServer
 from webhook.config import load_config
 from webhook.metrics import REGISTRY
@@ -25,35 +26,6 @@ from webhook.protocols import StoreUnavailable
 from webhook.redis_store import RedisQueueStore
 
 pytestmark = pytest.mark.redis
-
-T0 = datetime(2026, 11, 28, 15, 0, 0, tzinfo=UTC)
-POOL = "gpu"
-
-
-def entry(name: str, at: float = 0.0, *, ns: str = "jhub", user: str | None = None, server: str = "") -> QueueEntry:
-    return QueueEntry(
-        namespace=ns,
-        name=name,
-        user=name.removeprefix("jupyter-") if user is None else user,
-        server=server,
-        requested_at=T0 + timedelta(seconds=at),
-        uid=f"uid-{name}",
-    )
-
-
-def holder_for(e: QueueEntry, granted_after: float = 60.0, *, user: str | None = None) -> Holder:
-    return Holder(
-        namespace=e.namespace,
-        name=e.name,
-        user=e.user if user is None else user,
-        server=e.server,
-        granted_at=e.requested_at + timedelta(seconds=granted_after),
-        node="gpu-node-1",
-    )
-
-
-async def queued_keys(store: RedisQueueStore, pool: str = POOL) -> list[str]:
-    return [e.key for e in await store.entries(pool)]
 
 
 def errors_counted(op: str) -> float:

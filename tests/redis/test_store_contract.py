@@ -17,14 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.clock import FakeClock
+from tests.helpers.queue_records import POOL, T0, entry, holder_for, queued_keys
 from tests.helpers.redis_server import RedisServer
 from tests.unit.fakes import MemoryQueueStore
 from webhook.models import Holder, QueueEntry, score_of
 from webhook.protocols import QueueStore
 from webhook.redis_store import STATS_CAP, RedisQueueStore
-
-T0 = datetime(2026, 11, 28, 15, 0, 0, tzinfo=UTC)
-POOL = "gpu"
 
 MakeStore = Callable[..., QueueStore]
 
@@ -54,34 +52,8 @@ def store(make_store: MakeStore) -> QueueStore:
     return make_store()
 
 
-def entry(name: str, at: float = 0.0, *, ns: str = "jhub", user: str | None = None, server: str = "") -> QueueEntry:
-    return QueueEntry(
-        namespace=ns,
-        name=name,
-        user=name.removeprefix("jupyter-") if user is None else user,
-        server=server,
-        requested_at=T0 + timedelta(seconds=at),
-        uid=f"uid-{name}",
-    )
-
-
-def holder_for(e: QueueEntry, granted_after: float = 60.0) -> Holder:
-    return Holder(
-        namespace=e.namespace,
-        name=e.name,
-        user=e.user,
-        server=e.server,
-        granted_at=e.requested_at + timedelta(seconds=granted_after),
-        node="gpu-node-1",
-    )
-
-
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-async def queued_keys(store: QueueStore, pool: str = POOL) -> list[str]:
-    return [e.key for e in await store.entries(pool)]
 
 
 # -- FIFO order and positions -----------------------------------------------------------------
