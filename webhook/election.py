@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -169,16 +170,48 @@ class NotLeader(KubeError):
         super().__init__(0, f"not the leader: {method} {path} not sent")
 
 
+# The fence of the write being sent from this task: (is_leader, method, path), read by the hook
+# that runs when the request's headers are ready, just before any byte of it leaves the process.
+_SENDING: ContextVar[tuple[Callable[[], bool], str, str] | None] = ContextVar("gpu_queue_sending", default=None)
+
+
+async def _check_at_send(_session: Any, _ctx: Any, _params: Any) -> None:
+    sending = _SENDING.get()
+    if sending is not None and not sending[0]():
+        metrics.FENCED_WRITES.inc()
+        raise NotLeader(sending[1], sending[2])
+
+
+def _install_send_fence(kube: Kube) -> None:
+    """Hook the client's session (once): a write whose fence fails by the time its connection is
+    ready and its headers are built is aborted before a byte is sent. Checking only on entry leaves
+    the whole of connection set-up (a TLS handshake, a wait for a free connection) between the check
+    and the send: a leader frozen there posted its Event after thawing."""
+    rest = getattr(kube.api, "rest_client", None)
+    session = getattr(rest, "pool_manager", None)
+    if not isinstance(session, aiohttp.ClientSession):
+        return  # not a real client (tests that stand in for the API server)
+    if any(getattr(t, "gpu_queue_fence", False) for t in session.trace_configs):
+        return
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_check_at_send)
+    trace.gpu_queue_fence = True  # type: ignore[attr-defined]
+    trace.freeze()
+    session.trace_configs.append(trace)
+
+
 class FencedKube(Kube):
-    """The controller's writer: every write is sent only while ``is_leader()`` holds, checked at
-    the moment of sending; reads go through. Its helpers (``patch_json``, ``delete``, ...) all end in
-    ``request``, which hands over to the wrapped ``Kube`` (the owner of the API client)."""
+    """The controller's writer: every write is sent only while ``is_leader()`` holds, checked when
+    it is asked for and again when its headers are ready to go (``_install_send_fence``); reads go
+    through. Its helpers (``patch_json``, ``delete``, ...) all end in ``request``, which hands over
+    to the wrapped ``Kube`` (the owner of the API client)."""
 
     def __init__(self, kube: Kube, is_leader: Callable[[], bool]) -> None:
         super().__init__(kube.api, timeout=kube.timeout)
         self.inner = kube
         self.is_leader = is_leader
         self.refused = 0
+        _install_send_fence(kube)
 
     async def aclose(self) -> None:  # the wrapped Kube owns the client
         return None
@@ -193,10 +226,21 @@ class FencedKube(Kube):
         content_type: str = "application/json",
         request_timeout: float | aiohttp.ClientTimeout | None = None,
     ) -> Obj:
-        if method != "GET" and not self.is_leader():
+        if method == "GET":
+            return await self.inner.request(
+                method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout
+            )
+        if not self.is_leader():
             self.refused += 1
             metrics.FENCED_WRITES.inc()
             raise NotLeader(method, path)
-        return await self.inner.request(
-            method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout
-        )
+        token = _SENDING.set((self.is_leader, method, path))
+        try:
+            return await self.inner.request(
+                method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout
+            )
+        except NotLeader:
+            self.refused += 1
+            raise
+        finally:
+            _SENDING.reset(token)

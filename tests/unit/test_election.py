@@ -141,3 +141,40 @@ async def test_the_fence_lets_the_leader_write_and_every_read_through() -> None:
     await a.tick(0)
     await writer.patch_json("/api/v1/namespaces/jhub/pods/x", [])
     assert server.writes == [("GET", "/api/v1/namespaces/jhub/pods/x"), ("PATCH", "/api/v1/namespaces/jhub/pods/x")]
+
+
+async def test_a_write_whose_fence_fails_before_it_is_sent_never_reaches_the_api_server(
+    aiohttp_server: Any,
+) -> None:
+    """The fence is checked again when the request is ready to leave, after the client found or
+    made its connection: leadership lost in between (a freeze during a TLS handshake, a wait for a
+    free connection) sends nothing. Here the lease "expires" between the entry check and the send."""
+    from aiohttp import web
+    from kubernetes_asyncio import client as k8s
+
+    received: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        received.append(f"{request.method} {request.path}")
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    server = await aiohttp_server(app)
+    configuration = k8s.Configuration(host=str(server.make_url("")).rstrip("/"))
+    kube = Kube(k8s.ApiClient(configuration))
+    answers = iter([True, True, True])  # 1st write: entry, send; 2nd: entry; then lost
+
+    def leading() -> bool:
+        return next(answers, False)
+
+    writer = FencedKube(kube, leading)
+    try:
+        await writer.request("POST", "/api/v1/namespaces/jhub/events", body={"reason": "Granted"})
+        with pytest.raises(NotLeader):  # passed at entry (True), refused at the send (False)
+            await writer.request("POST", "/api/v1/namespaces/jhub/events", body={"reason": "Queued"})
+        await writer.request("GET", "/api/v1/namespaces/jhub/pods")  # reads are never fenced
+    finally:
+        await kube.aclose()
+    assert received == ["POST /api/v1/namespaces/jhub/events", "GET /api/v1/namespaces/jhub/pods"]
+    assert writer.refused == 1

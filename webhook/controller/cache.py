@@ -71,14 +71,30 @@ class WatchCache:
 
     def record(self, view: PodView) -> None:
         """A write of ours that moves a slice (gate removed, stuck pod released): it counts before
-        the watch shows it, so no second grant can use the same slice (I1)."""
+        the watch shows it, so no second grant can use the same slice (I1). Never over what the
+        watch said since (``_newer_seen``): a pod deleted while our write was answered stays gone."""
+        if self._newer_seen(view):
+            return
         self.pods[view.key] = view
         self._changed()
 
     def amend(self, view: PodView) -> None:
         """A write of ours that moves no slice (a restored requested-at): the pass in progress
         plans from it, and there is nothing to wake for."""
-        self.pods[view.key] = view
+        if not self._newer_seen(view):
+            self.pods[view.key] = view
+
+    def _newer_seen(self, view: PodView) -> bool:
+        """The watch already told more than our write's answer: the pod left (or is another pod of
+        the same name), or its cached state is a later resourceVersion. Recording the answer then
+        would bring back a pod that is gone: a holder that holds nothing, for good (found: a pod
+        deleted as its gate was removed kept a slice in use until the next re-list)."""
+        cached = self.pods.get(view.key)
+        if cached is None or (cached.uid and view.uid and cached.uid != view.uid):
+            return True
+        if cached.resource_version.isdigit() and view.resource_version.isdigit():
+            return int(cached.resource_version) > int(view.resource_version)
+        return False
 
     def take_gone(self) -> list[PodView]:
         gone, self.gone = self.gone, []
