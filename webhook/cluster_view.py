@@ -17,6 +17,7 @@ from webhook.models import pod_key, score_of
 from webhook.node_fit import NodeConstraints, Taint, constraints_of, taints_of
 from webhook.pods import annotations_of, has_gate, is_singleuser, labels_of, parse_time, scheduling_gates
 from webhook.quantity import QuantityError, parse_quantity
+from webhook.starting import NO_STATUS, StartState, start_state
 
 FINISHED = frozenset({"Succeeded", "Failed"})
 
@@ -48,6 +49,8 @@ class PodView:
     # Where the scheduler may put it: read only for a pending pod that is not ours (it competes
     # for the pool's slices when it could land on one of the pool's nodes).
     constraints: NodeConstraints | None = None
+    # How its start is going (read for holders that are not Ready: stuck, or slow and progressing).
+    start: StartState = NO_STATUS
 
     @property
     def key(self) -> str:
@@ -133,6 +136,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         resources=resources,
         any_gate=bool(scheduling_gates(dict(pod))),
         constraints=constraints_of(spec) if pending else None,
+        start=start_state(pod) if pool is not None else NO_STATUS,
     )
 
 

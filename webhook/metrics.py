@@ -59,7 +59,7 @@ GATE_REMOVAL_LATENCY = Histogram(
 GRANTS = Counter("grants_total", "Gates removed", ["pool"], namespace=_NS, registry=REGISTRY)
 STUCK = Counter(
     "stuck_workloads_total",
-    "Granted pods not Ready within admitTimeoutSeconds, by action (kept, released)",
+    "Granted pods not Ready within admitTimeoutSeconds, by action (slow: starting and kept; kept; released)",
     ["pool", "action"],
     namespace=_NS,
     registry=REGISTRY,

@@ -452,6 +452,7 @@ SERVICE_GRANTS: dict[Grant, str] = {
     ): "remove the granted pod's own gate; rewrite requested-at (queue move, kept place)",
     ("jhub", "", "pods", "delete", None): "admin `queue rm`; a stuck head under stuckPolicy release (I7)",
     ("jhub", "", "events", "create", None): "position, grant and kept-place Events shown on the spawn page",
+    ("jhub", "", "events", "list", None): "a slow start's Events: a volume that never mounts is stuck, a pull is not",
     ("cluster", "", "pods", "list", None): "pod informer: hub pods are the queue's truth; others count as in use (I1)",
     ("cluster", "", "pods", "watch", None): "pod informer",
     ("cluster", "", "nodes", "list", None): "node informer: capacity auto is the pool nodes' allocatable",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -210,7 +211,7 @@ async def test_stuck_head_loses_its_slice_and_the_next_user_goes(target: Target,
 
         async def reported() -> list[str] | None:
             events = await target.events(first)
-            return events if any("not ready: releasing it" in e for e in events) else None
+            return events if any("its node has not started it" in e and "releasing it" in e for e in events) else None
 
         events = await wait_for(reported, STUCK_AFTER_SECONDS + 20, "the StuckAdmission Event")
         await wait_for(lambda: _holding(target, second), 15, "the next user to get the released slice")
@@ -219,3 +220,111 @@ async def test_stuck_head_loses_its_slice_and_the_next_user_goes(target: Target,
         report("stuck head", events[-1])
     finally:
         await target.kube.request("DELETE", "/api/v1/nodes/dead-gpu")
+
+
+async def _play_kubelet(target: Target, pod: str, waiting: str, message: str) -> None:
+    """What a kubelet writes: the notebook container waiting for ``waiting``."""
+    status = {
+        "status": {
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": "notebook",
+                    "image": "registry.example.org/cuda-notebook:12.8",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": waiting, "message": message}},
+                }
+            ],
+        }
+    }
+    await target.kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{target.namespace}/pods/{pod}/status",
+        body=status,
+        content_type="application/merge-patch+json",
+    )
+
+
+async def _kubelet_event(target: Target, pod: dict[str, Any], reason: str, message: str) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = pod["metadata"]["name"]
+    await target.kube.request(
+        "POST",
+        f"/api/v1/namespaces/{target.namespace}/events",
+        body={
+            "metadata": {"name": f"{name}.{reason.lower()}", "namespace": target.namespace},
+            "involvedObject": {
+                "kind": "Pod",
+                "name": name,
+                "namespace": target.namespace,
+                "uid": pod["metadata"]["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Normal",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "kubelet", "host": "hand-gpu"},
+        },
+    )
+
+
+async def test_a_slow_image_pull_keeps_its_slice_past_the_timeout_and_a_pull_error_is_released(
+    target: Target, clean_cluster: DevCluster
+) -> None:
+    """The test plays the kubelet of a GPU node. A granted pod
+    still pulling its image past admitTimeoutSeconds keeps its slice and is told so (SlowStart), the
+    next user waits; when the pull turns into ImagePullBackOff it is released, the user is told why,
+    and the next user goes."""
+    from tests.cluster.conftest import STUCK_AFTER_SECONDS
+
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": "hand-gpu",
+            "labels": {"nvidia.com/gpu.present": "true", "kubernetes.io/hostname": "hand-gpu"},
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the test"}],
+            "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1"},
+            "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1"},
+        },
+    }
+    await target.set_slices(0)
+    await target.kube.request("POST", "/api/v1/nodes", body=node)
+    try:
+        first = (await target.spawn("slow-first"))["metadata"]["name"]
+
+        async def bound() -> dict[str, Any] | None:
+            pod = await target.pod(first)
+            return pod if pod is not None and not gated(pod) and pod["spec"].get("nodeName") == "hand-gpu" else None
+
+        pod = await wait_for(bound, 15, "the first user granted and bound to the hand-driven node")
+        await _play_kubelet(target, first, "ContainerCreating", "")
+        await _kubelet_event(target, pod, "Pulling", 'Pulling image "registry.example.org/cuda-notebook:12.8"')
+        second = (await target.spawn("slow-second"))["metadata"]["name"]
+        await wait_for(lambda: scenarios._queued_at(target, second, 1), 15, "the second user queued at 1")
+
+        async def told(words: str) -> list[str] | None:
+            events = await target.events(first)
+            return events if any(words in e for e in events) else None
+
+        slow = await wait_for(lambda: told("the slice is kept"), STUCK_AFTER_SECONDS + 20, "the SlowStart Event")
+        pod = await target.pod(first)
+        assert pod is not None and "gpu-queue.io/released" not in pod["metadata"]["annotations"]
+        assert pod["metadata"].get("deletionTimestamp") is None, "a pod pulling its image was deleted"
+        assert await scenarios._queued_at(target, second, 1), "the next user got the slice of a pull in progress"
+        assert "Pulling image" in slow[-1]
+
+        failed_at = time.monotonic()
+        await _play_kubelet(target, first, "ImagePullBackOff", 'Back-off pulling image "cuda-notebook:12.8"')
+        stuck = await wait_for(lambda: told("ImagePullBackOff"), 20, "the StuckAdmission Event naming the pull error")
+        await wait_for(lambda: _holding(target, second), 15, "the next user to get the released slice")
+        handed_on = time.monotonic() - failed_at
+        report("slow start", {"slow": slow[-1], "stuck": stuck[-1], "pull_error_to_next_grant_s": round(handed_on, 2)})
+    finally:
+        await target.kube.request("DELETE", "/api/v1/nodes/hand-gpu")
