@@ -28,8 +28,10 @@ import json
 import math
 import os
 import re
+import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -39,12 +41,15 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Integer, List, Unicode, default
 
-try:  # JupyterHub >= 5.3: a policy failure that does not count towards consecutiveFailureLimit
+try:  # JupyterHub 6: a policy refusal; like any 4xx HTTPError, not counted towards consecutive_failure_limit
     from jupyterhub.spawner import SpawnException as _SpawnException
-except ImportError:  # pragma: no cover - older hubs: a 4xx HTTPError is also not counted
+except ImportError:  # JupyterHub 5.x (zero-to-jupyterhub 4.x) counts every failed spawn, 4xx or not
     _SpawnException = None
 
 ProgressEvent = dict[str, Any]
+
+#: The state of a 404 answer: the queue API has seen no pod for this server (yet).
+NOT_SEEN = "not-seen"
 
 #: The controller's position Events (hidden while the fresher live line is shown).
 QUEUE_COMPONENT = "gpu-queue"
@@ -63,7 +68,7 @@ class QueueApiError(Exception):
 class QueueStatus:
     """The fields of the API's position answer that the spawn page needs."""
 
-    state: str  # queued | admitted | unknown
+    state: str  # queued | admitted | pending (seen, not indexed yet) | unknown | not-seen (404)
     pool: str | None = None
     position: int | None = None
     queue_length: int = 0
@@ -73,6 +78,7 @@ class QueueStatus:
     eta_min_seconds: float | None = None
     eta_max_seconds: float | None = None
     refresh_seconds: float = 10.0
+    granted_at: datetime | None = None  # when the slice was granted (admitted answers)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> QueueStatus:
@@ -89,7 +95,24 @@ class QueueStatus:
             eta_min_seconds=_float_or_none(eta.get("minSeconds")),
             eta_max_seconds=_float_or_none(eta.get("maxSeconds")),
             refresh_seconds=float(data.get("refreshSeconds") or 10.0),
+            granted_at=_time_or_none(data.get("grantedAt")),
         )
+
+    @property
+    def not_indexed_yet(self) -> bool:
+        """The queue has not caught up with this spawn: the pod is new (pending), this replica's
+        cache is syncing (unknown), or no replica has seen the pod yet (not-seen)."""
+        return self.state in ("pending", "unknown", NOT_SEEN)
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -257,6 +280,15 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         "Other profiles keep start_timeout.",
     )
     queue_slice_name = Unicode("GPU slice", config=True, help="What a user waits for, in the spawn page's words.")
+    queue_annotation_prefix = Unicode(
+        "gpu-queue.io/", config=True, help="The prefix of gpu-queue's pod annotations (its config's annotationPrefix)."
+    )
+    queue_not_indexed_grace_seconds = Float(
+        30.0,
+        config=True,
+        help="How long the spawn page waits for the queue to learn of a new pod (the API answers pending or "
+        "404 until it has) before it shows the stock progress instead.",
+    )
     rewrite_scheduler_messages = Bool(
         True, config=True, help="Replace raw FailedScheduling text on the spawn page with plain words."
     )
@@ -276,12 +308,16 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         self._configured_guarantees: dict[str, Any] = dict(self.extra_resource_guarantees)
         self._queued_spawn = False
         self._queue_api_warned = False
+        self._granted_at: float | None = None  # monotonic: when this spawn's slice was granted
+        self._last_pod: Mapping[str, Any] | None = None  # this spawn's pod as last seen while starting
 
     # ------------------------------------------------------------------ which spawns queue
 
-    async def _selected_profile(self) -> tuple[str, list[dict[str, Any]]]:
+    async def _selected_profile(self, options: Mapping[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
         """The selected profile's slug and the kubespawner_override dicts it (and its chosen options)
-        will apply. Mirrors KubeSpawner's own profile resolution, which runs too late (in start())."""
+        will apply, for ``options`` (default: this spawn's user_options). Mirrors KubeSpawner's own
+        profile resolution, which runs too late (in start())."""
+        chosen: Mapping[str, Any] = self.user_options if options is None else options
         profile_list: Any = self._sorted_dict_values(self.profile_list)
         if callable(profile_list):
             profile_list = await maybe_future(profile_list(self))
@@ -289,14 +325,14 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
             return "", []
         profiles = self._get_initialized_profile_list(profile_list)
         try:
-            profile: dict[str, Any] = self._get_profile(self.user_options.get("profile"), profiles)
+            profile: dict[str, Any] = self._get_profile(chosen.get("profile"), profiles)
         except (ValueError, StopIteration):
             return "", []  # KubeSpawner reports the bad choice itself, in start()
         overrides: list[dict[str, Any]] = [profile.get("kubespawner_override", {})]
         for name, option in profile.get("profile_options", {}).items():
-            choice = self.user_options.get(name)
+            choice = chosen.get(name)
             choices = option.get("choices", {})
-            if self.user_options.get(f"{name}--unlisted-choice"):
+            if chosen.get(f"{name}--unlisted-choice"):
                 overrides.append(option.get("unlisted_choice", {}).get("kubespawner_override", {}))
             elif choice in choices:
                 overrides.append(choices[choice].get("kubespawner_override", {}))
@@ -308,9 +344,9 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         value = override.get(key)
         return value(self) if callable(value) else value
 
-    async def is_queued_spawn(self) -> bool:
-        """Does this spawn (its user_options) wait in gpu-queue's FIFO?"""
-        slug, overrides = await self._selected_profile()
+    async def is_queued_spawn(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Does this spawn (its user_options, or ``options``) wait in gpu-queue's FIFO?"""
+        slug, overrides = await self._selected_profile(options)
         names = {slug} if slug else set()
         resources: dict[str, Any] = {**self._configured_limits, **self._configured_guarantees}
         for override in overrides:
@@ -325,6 +361,27 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
 
     # ------------------------------------------------------------------ timeouts and policy
 
+    async def run_options_from_form(self, form_data: Mapping[str, Any]) -> Any:
+        """The spawn form's options, refused here (before any spawn) when the one-server policy says
+        no: the hub shows the form again with the message, and no spawn has started, so no hub
+        version counts it towards ``consecutive_failure_limit``."""
+        options = await maybe_future(super().run_options_from_form(form_data))
+        await self._refuse_before_spawn(options)
+        return options
+
+    def options_from_query(self, query_data: Mapping[str, Any]) -> Any:
+        """``/hub/spawn?profile=...`` links: the same early refusal as the form's."""
+        return self._checked_options(super().options_from_query(query_data))
+
+    async def _checked_options(self, options: Any) -> Any:
+        options = await maybe_future(options)
+        await self._refuse_before_spawn(options)
+        return options
+
+    async def _refuse_before_spawn(self, options: Any) -> None:
+        if self.one_gpu_server_per_user and isinstance(options, Mapping) and await self.is_queued_spawn(options):
+            await self._check_one_gpu_server()
+
     async def run_pre_spawn_hook(self) -> Any:
         """Set start_timeout for this spawn, apply the one-server policy, then the configured hook.
 
@@ -337,11 +394,17 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         # profile's nvidia.com/gpu would otherwise ride along on the next, CPU-only spawn.
         self.extra_resource_limits = dict(self._configured_limits)
         self.extra_resource_guarantees = dict(self._configured_guarantees)
+        self._granted_at = None
+        self._last_pod = None
         self._queued_spawn = await self.is_queued_spawn()
         if self._queued_spawn:
             self._set_start_timeout(max(self._configured_start_timeout, self.queued_start_timeout))
             if self.one_gpu_server_per_user:
-                await self._check_one_gpu_server()
+                try:  # the REST API's spawns reach the policy only here, inside the spawn
+                    await self._check_one_gpu_server()
+                except web.HTTPError:
+                    self._not_a_failure_on_jupyterhub_5()
+                    raise
         else:
             self._set_start_timeout(self._configured_start_timeout)
         return await maybe_future(super().run_pre_spawn_hook())
@@ -352,6 +415,18 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         await super().load_user_options()
         if self._queued_spawn:
             self._set_start_timeout(max(int(self.start_timeout), self.queued_start_timeout))
+
+    def _not_a_failure_on_jupyterhub_5(self) -> None:
+        """JupyterHub 5.x adds every failed spawn to ``settings['failure_count']`` and exits at
+        ``consecutive_failure_limit`` (z2jh: 5), so five refusals of a second GPU server through the
+        REST API would end the hub. Take one off the count for this refusal, which the hub is about
+        to add (its own handler's settings, reachable as ``self.handler`` during the spawn).
+        JupyterHub 6 counts no 4xx refusal: nothing to do there."""
+        if _SpawnException is not None:
+            return
+        settings = getattr(getattr(self, "handler", None), "settings", None)
+        if isinstance(settings, dict):
+            settings["failure_count"] = settings.get("failure_count", 0) - 1
 
     def _set_start_timeout(self, seconds: int) -> None:
         setattr(self, "start_timeout", seconds)  # noqa: B010 - the traitlet, typed Any through KubeSpawner
@@ -376,7 +451,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                 status = await self.fetch_queue_status(name)
             except QueueApiError:
                 return  # the hub's own state above already had its say; do not block on an outage
-            if status.state == "queued":
+            if status.state in ("queued", "pending"):  # pending: its pod is new, the queue is indexing it
                 where = f" (position {status.position} of {status.queue_length})" if status.position else ""
                 raise _policy_error(self._one_server_message(name, f"is waiting for a GPU slice{where}"))
             if status.state == "admitted":
@@ -388,6 +463,43 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
             f"Your {server} {what}. Each user can have one GPU server at a time: stop it from the Hub Control "
             "Panel first, or start this server with a CPU-only profile."
         )
+
+    # ------------------------------------------------------------------ a start that cannot finish
+
+    def is_pod_running(self, pod: Any) -> bool:
+        """KubeSpawner's check, polled until the pod runs or ``start_timeout`` (hours for a queued
+        spawn) ends. A queued spawn whose pod went away meanwhile will never run: gpu-queue released
+        a stuck start, or an admin took the request out of the queue. End the spawn at once with
+        why, instead of leaving the user on the page until the timeout."""
+        running = bool(super().is_pod_running(pod))
+        if not self._queued_spawn:
+            return running
+        if isinstance(pod, Mapping):
+            self._last_pod = pod
+        elif self._last_pod is not None:
+            raise RuntimeError(self._gone_message(self._last_pod))
+        return running
+
+    def _gone_message(self, pod: Mapping[str, Any]) -> str:
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        prefix = self.queue_annotation_prefix
+        if f"{prefix}removed" in annotations:
+            return "An administrator removed your request from the GPU queue. You can start your server again."
+        if f"{prefix}released" in annotations:
+            why = next(
+                (
+                    str(e.get("message") or "")
+                    for e in reversed(list(self.events or []))
+                    if isinstance(e, Mapping) and e.get("reason") == "StuckAdmission"
+                ),
+                "",
+            )
+            detail = f" ({why})" if why else ""
+            return (
+                f"Your server could not start, so its {self.queue_slice_name} went to the next user{detail}. "
+                "Start it again to rejoin the queue; if it fails the same way, contact your administrator."
+            )
+        return "Your server's pod was deleted before it started. You can start your server again."
 
     # ------------------------------------------------------------------ the queue API
 
@@ -415,7 +527,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         except Exception as exc:  # connection refused, DNS, TLS, timeout: all mean "not now"
             raise QueueApiError(f"{type(exc).__name__}: {exc}") from None
         if response.code == 404:
-            return QueueStatus(state="unknown")
+            return QueueStatus(state=NOT_SEEN, refresh_seconds=self.queue_min_refresh_seconds)
         if response.code in (401, 403):
             raise QueueApiError(f"HTTP {response.code}: the queue API rejected the token", permanent=True)
         if response.code != 200:
@@ -515,12 +627,27 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         waiting = False  # True while the API says this pod is queued
         answered = False  # stock events wait for the first queue answer, so the bar never runs ahead of it
         held: list[ProgressEvent] = []
+        opened = time.monotonic()
         try:
             while True:
                 kind, item = await inbox.get()
                 if kind == "queue":
                     status = cast(QueueStatus | None, item)
+                    if (
+                        status is not None
+                        and status.not_indexed_yet
+                        and not answered
+                        and time.monotonic() - opened < self.queue_not_indexed_grace_seconds
+                    ):
+                        # The pod is newer than the queue's index: hold the bar and the stock
+                        # events (they would run to 30 % and back) until the position is known.
+                        joining = f"Joining the queue for a {self.queue_slice_name}..."
+                        if joining != last_message:
+                            last_message = joining
+                            yield {"message": joining}
+                        continue
                     waiting = status is not None and status.state == "queued"
+                    self._note_grant(status)
                     message = queue_message(status, self.queue_slice_name) if status is not None else None
                     if message is not None and message != last_message:
                         last_message = message
@@ -556,14 +683,39 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _note_grant(self, status: QueueStatus | None) -> None:
+        """Remember when the slice was granted: the slow-spawn message counts from then."""
+        if status is None or status.state != "admitted" or self._granted_at is not None:
+            return
+        if status.granted_at is not None:
+            ago = (datetime.now(UTC) - status.granted_at).total_seconds()
+            self._granted_at = time.monotonic() - max(0.0, ago)
+        else:
+            self._granted_at = time.monotonic()
+
     def _present(self, event: ProgressEvent, waiting: bool) -> ProgressEvent | None:
         """A stock event as the spawn page should show it; None to hide it behind the live line."""
         if waiting and ("raw_event" not in event or self._is_position_event(event)):
             return None  # "taking longer than expected" and the controller's position Events
+        if "raw_event" not in event and self._granted_at is not None:
+            return self._slow_spawn_since_grant(event)
         event = self._rewrite_event(event)
         if waiting:
             event = {k: v for k, v in event.items() if k != "progress"}  # the bar stays still while queued
         return event
+
+    def _slow_spawn_since_grant(self, event: ProgressEvent) -> ProgressEvent | None:
+        """KubeSpawner's "taking longer than expected ... N seconds" counts from the spawn's start,
+        queue included: right after a grant it said 80 seconds. Count from the grant instead, and say
+        nothing until the server is slow by the spawner's own threshold."""
+        since = time.monotonic() - (self._granted_at or time.monotonic())
+        threshold = int(getattr(self, "slow_spawn_message_threshold", 60) or 0)
+        if threshold <= 0 or since < threshold:
+            return None
+        template = str(getattr(self, "slow_spawn_message", "") or "")
+        if "{seconds}" not in template:
+            return event
+        return {**event, "message": template.format(seconds=int(since)).strip()}
 
     @staticmethod
     async def _signal_when_done(future: asyncio.Future[Any], inbox: asyncio.Queue[tuple[str, Any]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,7 +82,18 @@ class KeptPlace(_Wire):
 class PositionState(StrEnum):
     QUEUED = "queued"
     ADMITTED = "admitted"
+    # This replica has seen a pod of a pool for it, the queue index has not caught up yet: ask
+    # again in refreshSeconds (the controller indexes a new pod a moment after it is created).
+    PENDING = "pending"
     UNKNOWN = "unknown"
+
+
+POSITION_STATES: Final = (
+    "queued: waiting, with a 1-based position and an ETA; admitted: holding a slice; pending: this "
+    "replica has seen a pod of a pool for it, the queue index has not caught up yet, ask again in "
+    "refreshSeconds; unknown: none of these (yet): e.g. before this replica's watch cache synced, or "
+    "granted or removed a moment ago"
+)
 
 
 class Eta(_Wire):
@@ -97,7 +109,7 @@ class Position(_Wire):
     """The answer to "where do I stand?" for one pod or user server."""
 
     pool: str | None
-    state: PositionState
+    state: PositionState = Field(description=POSITION_STATES)
     namespace: str | None = None
     name: str | None = None
     user: str | None = None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,3 +103,81 @@ async def test_queue_aware_spawner_progress_polls_live_positions(hub_target: Tar
     assert os.environ["KUBECONFIG"]
     seen = await _progress_until(spawner, "position 2 of 2", 60)
     print(f"[hub view] queue-aware progress: {seen}")
+
+
+async def test_the_spawn_page_holds_its_bar_until_the_position_and_counts_slowness_from_the_grant(
+    hub_target: Target,
+) -> None:
+    """A real KubeSpawner ``progress()`` of ``QueueAwareKubeSpawner`` against the real API server,
+    read from before the pod exists: no stock event moves the bar before the queue position is
+    known (the queue has not indexed a new pod at first), and after 5 s in the queue and a grant,
+    KubeSpawner's "taking longer than expected ... N seconds" never counts the time spent queued."""
+    target = hub_target
+    from webhook.hub import QueueAwareKubeSpawner
+
+    holders = await scenarios.fill_pool(target, target.slices)
+    spawner = await new_spawner(
+        QueueAwareKubeSpawner,
+        "patient@example.org",
+        "gpu-enabled",
+        namespace=target.namespace,
+        queue_api_url=target.api_url,
+        queue_api_token=target.read_token,
+        queue_ca_file=target.ca_file,
+        slow_spawn_message_threshold=1,  # KubeSpawner's patience message after 1 s instead of 60
+        slow_spawn_message_frequency=1,
+    )
+    await spawner.run_pre_spawn_hook()  # as the hub does before start(): decides this spawn queues
+    seen: list[tuple[float, dict[str, Any]]] = []
+    granted_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def read_progress() -> None:
+        while True:
+            async for event in spawner.progress():
+                seen.append((loop.time(), event))
+                if "granted" in str(event.get("message", "")) and not granted_at:
+                    granted_at.append(loop.time())
+            await asyncio.sleep(0.2)  # progress() ended before the pod existed: the page asks again
+
+    start = asyncio.ensure_future(spawner.start())
+    reader = asyncio.ensure_future(read_progress())
+    try:
+
+        async def position_shown() -> bool:
+            return any("position 1 of 1" in str(e.get("message", "")) for _, e in seen)
+
+        await scenarios.wait_for(position_shown, 60, "the live position on the spawn page")
+        queued_at = loop.time()
+        await asyncio.sleep(5)  # the user waits in the queue (the scenario, not a wait for a condition)
+        await target.logout(holders[0])
+        await asyncio.wait_for(start, 60)  # granted, scheduled, Running (kwok): start() returns
+        await asyncio.sleep(1.5)  # the page's last reads after the start
+    finally:
+        reader.cancel()
+        start.cancel()
+        await asyncio.gather(reader, start, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await spawner.stop(now=True)
+    first_position = next(i for i, (_, e) in enumerate(seen) if "position" in str(e.get("message", "")))
+    early = [e for _, e in seen[:first_position]]
+    assert not [e for e in early if "progress" in e], f"the bar moved before the position was known: {early}"
+    assert granted_at, f"the page never said the slice was granted: {seen}"
+    patience = [
+        (when, int(m.group(1)))
+        for when, e in seen
+        if (m := re.search(r"taking longer than expected.*?(\d+) seconds", str(e.get("message", ""))))
+    ]
+    for when, said in patience:
+        assert when >= granted_at[0], f"a patience message while queued: {said} s"
+        assert said <= when - granted_at[0] + 1, f"said {said} s, {when - granted_at[0]:.1f} s after the grant"
+    print(
+        "[hub view] bar and slowness: "
+        + json.dumps(
+            {
+                "before_position": [e.get("message") for e in early],
+                "queued_seconds": round(granted_at[0] - queued_at, 2),
+                "patience_after_grant": [s for _, s in patience],
+            }
+        )
+    )

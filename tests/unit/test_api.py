@@ -612,6 +612,96 @@ async def test_an_unknown_user_is_404_with_the_user_and_server_in_detail(api: Ap
     assert answer.body["detail"] == {"user": "zoe", "server": "x"}
 
 
+# A pod the hub just created: the watch cache has it (gated, of the gpu pool), the store not yet.
+FRANK = "jupyter-frank--ml"
+
+
+async def _frank_in_the_cache_only(api: Api) -> None:
+    await seed(api.store, api.cluster)
+    api.cluster.add(queued_view(FRANK, "frank", 3500, server="ml"))
+
+
+async def test_a_pod_the_cache_has_queued_but_the_store_has_not_indexed_is_pending_not_404(api: Api) -> None:
+    await _frank_in_the_cache_only(api)
+    user = await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")
+    assert user.status == 200
+    assert user.body == {
+        "pool": "gpu",
+        "state": "pending",
+        "namespace": NS,
+        "name": FRANK,
+        "user": "frank",
+        "server": "ml",
+        "position": None,
+        "queueLength": 0,
+        "capacity": 0,
+        "inUse": 0,
+        "requestedAt": None,
+        "grantedAt": None,
+        "eta": {"known": False, "minSeconds": None, "maxSeconds": None, "method": ""},
+        "refreshSeconds": 1.0,
+        "source": "store",
+    }
+    assert user.headers[SOURCE] == "store"  # the store answered; the cache only saw the pod
+    pod = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod=FRANK)
+    assert (pod.status, pod.body["state"], pod.body["pool"], pod.body["refreshSeconds"]) == (200, "pending", "gpu", 1)
+    assert (pod.body["position"], pod.body["user"], pod.body["server"]) == (None, "frank", "ml")
+
+
+async def test_a_pod_the_cache_has_holding_but_the_store_has_not_indexed_is_pending(api: Api) -> None:
+    await seed(api.store, api.cluster)
+    api.cluster.add(
+        PodView(namespace=NS, name="jupyter-gina", pool="gpu", requested_at=at(3500), granted_at=at(3550), user="gina")
+    )
+    user = await api.call("GET", "/users/{user}", user="gina")
+    assert (user.status, user.body["state"], user.body["pool"]) == (200, "pending", "gpu")
+    assert (user.body["name"], user.body["position"], user.body["refreshSeconds"]) == ("jupyter-gina", None, 1)
+    pod = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-gina")
+    assert (pod.body["state"], pod.body["grantedAt"]) == ("pending", None)
+
+
+async def test_a_user_neither_the_store_nor_the_cache_knows_is_still_404_while_another_is_pending(api: Api) -> None:
+    await _frank_in_the_cache_only(api)
+    assert (await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")).body["state"] == "pending"
+    zoe = await api.call("GET", "/users/{user}", user="zoe")
+    assert (zoe.status, zoe.body["detail"]) == (404, {"user": "zoe", "server": ""})
+    # The same user with another server, or the default one, is another server: not pending.
+    assert (await api.call("GET", "/users/{user}", user="frank")).status == 404
+    assert (await api.call("GET", "/users/{user}", params={"server": "cv"}, user="frank")).status == 404
+    ghost = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-ghost")
+    assert ghost.status == 404
+
+
+async def test_before_the_cache_syncs_an_unindexed_user_is_404_and_its_pod_unknown_then_pending(api: Api) -> None:
+    await _frank_in_the_cache_only(api)
+    api.cluster.synced = False
+    user = await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")
+    assert (user.status, user.body["detail"]) == (404, {"user": "frank", "server": "ml"})
+    pod = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod=FRANK)
+    assert (pod.status, pod.body["state"], pod.body["pool"], pod.body["refreshSeconds"]) == (200, "unknown", None, 10)
+    api.cluster.synced = True
+    synced = await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")
+    assert (synced.status, synced.body["state"]) == (200, "pending")
+
+
+async def test_a_pending_pod_is_queued_with_its_position_once_the_store_indexes_it(api: Api) -> None:
+    await _frank_in_the_cache_only(api)
+    before = await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")
+    assert (before.body["state"], before.body["position"]) == ("pending", None)
+    await api.store.enqueue("gpu", entry(FRANK, "frank", 3500, server="ml"), 300)
+    after = await api.call("GET", "/users/{user}", params={"server": "ml"}, user="frank")
+    assert (after.status, after.body["state"], after.body["pool"]) == (200, "queued", "gpu")
+    assert (after.body["position"], after.body["queueLength"], after.body["refreshSeconds"]) == (7, 7, 15)
+    pod = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod=FRANK)
+    assert (pod.body["state"], pod.body["position"]) == ("queued", 7)
+
+
+async def test_the_openapi_document_names_and_explains_the_pending_state(api: Api) -> None:
+    schemas = (await api.openapi())["components"]["schemas"]
+    assert schemas["PositionState"]["enum"] == ["queued", "admitted", "pending", "unknown"]
+    assert "pending: this replica has seen a pod" in schemas["Position"]["properties"]["state"]["description"]
+
+
 # ------------------------------------------------------------------------------------ edits
 
 MOVE = "/pools/{pool}/queue/{namespace}/{pod}/move"

@@ -13,6 +13,7 @@ import ssl
 import sys
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiohttp import web
 from jupyterhub import orm, roles
 from jupyterhub.objects import Hub
 from jupyterhub.user import User
+from jupyterhub.utils import maybe_future
 from kubespawner import KubeSpawner
 from tornado import web as tornado_web
 from traitlets.config import Config
@@ -539,6 +541,67 @@ async def test_bar_stays_still_while_queued_and_moves_again_once_granted(
         await progress.aclose()
 
 
+async def test_a_pod_the_queue_has_not_indexed_yet_holds_the_bar_until_its_position_is_known(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    """The progress stream opens right after the pod is created: the queue API has not seen it yet
+    (404). The page says it is joining the queue and keeps the stock events (and the bar) back until
+    the position arrives, instead of letting the bar run to 30 % and never come back."""
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    spawner = await prepared(user, "gpu-enabled")
+    reflector.add(spawner.pod_name, "0/2 nodes are available: 2 node(s) had untolerated taint", type_="Warning")
+    progress = spawner.progress()
+    try:
+        assert await take(progress) == {"message": "Joining the queue for a GPU slice..."}
+        await queue_api.wait_for_requests(len(queue_api.requests) + 3)  # still unknown: nothing more shown
+        queue_api.queued("alice", "", 3, 3, None)
+        assert await take(progress) == {"message": "Waiting for a GPU slice: position 3 of 3, wait time unknown"}
+        held = await take(progress)
+        assert "progress" not in held, "the bar stays where it was while the user waits"
+    finally:
+        await progress.aclose()
+
+
+async def test_a_pod_the_queue_never_learns_of_gets_the_stock_progress_after_the_grace(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url, queue_not_indexed_grace_seconds=0.0))
+    spawner = await prepared(user, "gpu-enabled")
+    reflector.add(spawner.pod_name, f"Successfully assigned {NAMESPACE}/{spawner.pod_name} to node-1")
+    progress = spawner.progress()
+    try:
+        stock = await take(progress)
+    finally:
+        await progress.aclose()
+    assert stock["message"].endswith("to node-1") and stock["progress"] > 0
+
+
+@pytest.mark.parametrize(("granted_ago", "shown"), [(5.0, None), (75.0, 75)])
+async def test_the_slow_spawn_message_counts_from_the_grant_not_from_the_queue(
+    make_user: MakeUser, granted_ago: float, shown: int | None
+) -> None:
+    """KubeSpawner's "taking longer than expected ... N seconds" counts from the spawn's start,
+    queue included (it said 80 seconds right after a grant); it counts from the grant here, and
+    only once the server is slow by KubeSpawner's own threshold (60 s)."""
+    user = make_user()
+    spawner = await prepared(user, "gpu-enabled")
+    granted = datetime.now(UTC) - timedelta(seconds=granted_ago)
+    spawner._note_grant(QueueStatus(state="admitted", granted_at=granted))
+    stock = {"message": spawner.slow_spawn_message.format(seconds=80 + int(granted_ago))}
+    presented = spawner._present(stock, waiting=False)
+    if shown is None:
+        assert presented is None
+    else:
+        assert presented == {"message": spawner.slow_spawn_message.format(seconds=shown)}
+
+
+def test_the_grant_time_is_read_from_the_api_answer() -> None:
+    status = QueueStatus.from_json({"state": "admitted", "grantedAt": "2026-12-01T12:00:00.5Z"})
+    assert status.granted_at == datetime(2026, 12, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    assert not status.not_indexed_yet
+    assert QueueStatus.from_json({"state": "pending"}).not_indexed_yet
+
+
 async def test_closing_the_progress_generator_cancels_the_poll(
     make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
 ) -> None:
@@ -713,6 +776,138 @@ async def test_second_gpu_server_is_refused_while_the_first_waits(
     message = getattr(refused.value, "jupyterhub_message", None) or str(refused.value)
     assert "Your default server is waiting for a GPU slice" in message
     assert "one GPU server at a time" in message
+
+
+async def _first_server_waiting(user: User) -> tuple[asyncio.Task[Any], asyncio.Event]:
+    """The user's default server is spawning with the GPU profile; its pod waits in the queue."""
+    first = named_spawner(user, "")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def queued_start() -> str:
+        await first.load_user_options()
+        started.set()
+        await release.wait()
+        return "http://127.0.0.1:8888"
+
+    first._start = queued_start
+    spawn = asyncio.create_task(user.spawn("", options={"profile": "gpu-enabled"}))
+    await started.wait()
+    return spawn, release
+
+
+async def test_the_spawn_form_refuses_a_second_gpu_server_before_any_spawn_starts(make_user: MakeUser) -> None:
+    """The form's options are checked when the hub reads them, before it starts a spawn: the hub shows
+    the form again with the message, and no hub version counts a refusal that never spawned."""
+    user = make_user()
+    spawn, _ = await _first_server_waiting(user)
+    second = named_spawner(user, "training")
+    try:
+        with pytest.raises(tornado_web.HTTPError) as refused:
+            await second.run_options_from_form({"profile": ["gpu-enabled"]})
+        with pytest.raises(tornado_web.HTTPError):
+            await maybe_future(second.options_from_query({"profile": ["gpu-enabled"]}))
+        cpu = await second.run_options_from_form({"profile": ["cpu-only"]})
+    finally:
+        spawn.cancel()
+        named_spawner(user, "")._start_future.cancel()
+        await asyncio.gather(spawn, return_exceptions=True)
+    assert refused.value.status_code == 409
+    assert "Your default server is waiting for a GPU slice" in (
+        getattr(refused.value, "jupyterhub_message", None) or str(refused.value)
+    )
+    assert cpu["profile"] == "cpu-only", "a CPU-only server next to it is not refused"
+    assert not second.active, "nothing was spawned"
+
+
+class SpawnExceptionOf6(tornado_web.HTTPError):
+    """JupyterHub 6's SpawnException, for the 6.x case where the installed hub is 5.x."""
+
+    def __init__(self, message: str, *, reason: str, status_code: int) -> None:
+        super().__init__(status_code, reason=reason)
+        self.jupyterhub_message = message
+
+
+class FakeHandler:
+    """The request handler the hub hands a spawn (``spawner.handler``): its settings hold the
+    hub's consecutive failure count."""
+
+    def __init__(self, failures: int) -> None:
+        self.settings: dict[str, Any] = {"failure_count": failures}
+
+
+@pytest.mark.parametrize("hub", ["5.x", "6.x"])
+async def test_a_refusal_inside_the_spawn_is_not_a_failure_the_hub_counts(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch, hub: str
+) -> None:
+    """The REST API's spawns reach the policy only inside the spawn. JupyterHub 5.x then adds one to
+    its failure count (and exits at consecutive_failure_limit): the refusal takes that one off first.
+    JupyterHub 6 counts no 4xx: the count is left alone."""
+    import webhook.hub as hub_module
+
+    if hub == "5.x":
+        monkeypatch.setattr(hub_module, "_SpawnException", None)
+    else:
+        monkeypatch.setattr(hub_module, "_SpawnException", hub_module._SpawnException or SpawnExceptionOf6)
+    user = make_user()
+    spawn, _ = await _first_server_waiting(user)
+    second = named_spawner(user, "training")
+    handler = FakeHandler(failures=2)
+    second.handler = handler
+    second.user_options = {"profile": "gpu-enabled"}
+    try:
+        with pytest.raises(tornado_web.HTTPError):
+            await second.run_pre_spawn_hook()
+    finally:
+        spawn.cancel()
+        named_spawner(user, "")._start_future.cancel()
+        await asyncio.gather(spawn, return_exceptions=True)
+    assert handler.settings["failure_count"] == (1 if hub == "5.x" else 2)
+
+
+def pod_json(name: str, **annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations},
+        "status": {"phase": "Pending", "podIP": None, "containerStatuses": []},
+    }
+
+
+@pytest.mark.parametrize(
+    ("annotations", "words"),
+    [
+        ({"gpu-queue.io/admitted-at": "2026-12-01T12:00:00Z", "gpu-queue.io/released": "stuck"},
+         "could not start, so its GPU slice went to the next user (GPU slice granted 10m00s ago but its start "
+         "keeps failing (ImagePullBackOff: Back-off pulling image))"),
+        ({"gpu-queue.io/removed": "admin"}, "An administrator removed your request from the GPU queue"),
+        ({}, "pod was deleted before it started"),
+    ],
+)  # fmt: skip
+async def test_a_queued_spawn_whose_pod_went_away_ends_at_once_and_says_why(
+    make_user: MakeUser, reflector: FakeEventReflector, annotations: dict[str, str], words: str
+) -> None:
+    """KubeSpawner polls ``is_pod_running`` until ``start_timeout``, three hours for a queued spawn:
+    a pod gpu-queue released as stuck (or an admin removed) would keep the user on the page that
+    long. Once the pod it saw is gone, the spawn ends with why."""
+    user = make_user()
+    spawner = await prepared(user, "gpu-enabled")
+    reflector.add(
+        spawner.pod_name,
+        "GPU slice granted 10m00s ago but its start keeps failing (ImagePullBackOff: Back-off pulling image)",
+        type_="Warning",
+        reason="StuckAdmission",
+        component="gpu-queue",
+    )
+    assert spawner.is_pod_running(None) is False, "a pod not seen yet is not gone"
+    assert spawner.is_pod_running(pod_json(spawner.pod_name, **annotations)) is False
+    with pytest.raises(RuntimeError) as gone:
+        spawner.is_pod_running(None)
+    assert words in str(gone.value)
+
+
+async def test_a_cpu_spawn_keeps_kubespawners_own_wait(make_user: MakeUser) -> None:
+    user = make_user()
+    spawner = await prepared(user, "cpu-only")
+    assert spawner.is_pod_running(pod_json(spawner.pod_name)) is False
+    assert spawner.is_pod_running(None) is False
 
 
 async def test_cpu_server_next_to_a_gpu_server_is_allowed(make_user: MakeUser) -> None:

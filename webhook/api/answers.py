@@ -28,6 +28,8 @@ REFRESH_QUEUED_SECONDS: Final = 15.0
 REFRESH_ADMITTED_SECONDS: Final = 30.0
 # "unknown" is nearly always a pod created a moment ago that the watch indexes within seconds.
 REFRESH_UNKNOWN_SECONDS: Final = 10.0
+# "pending" is a pod this replica has seen that the index is about to have: ask again soon.
+REFRESH_PENDING_SECONDS: Final = 1.0
 NEAR_HEAD: Final = 3
 
 ADMITTED_ETA: Final = Eta(known=True, min_seconds=0.0, max_seconds=0.0, method="admitted")
@@ -42,6 +44,8 @@ def refresh(state: PositionState, position: int | None) -> float:
         return REFRESH_NEAR_HEAD_SECONDS if position <= NEAR_HEAD else REFRESH_QUEUED_SECONDS
     if state is PositionState.ADMITTED:
         return REFRESH_ADMITTED_SECONDS
+    if state is PositionState.PENDING:
+        return REFRESH_PENDING_SECONDS
     return REFRESH_UNKNOWN_SECONDS
 
 

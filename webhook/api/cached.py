@@ -5,7 +5,8 @@ Every replica watches the pods, the durable truth the store only indexes. The pl
 namespace/name) and its holders, so the positions are the ones the store would give. What only
 the store keeps is missing: the slice release times, so the ETA is unknown and says why. Every
 answer says ``source: cache``. Each function returns None when the cache has not synced either:
-there is nothing to answer from, and the caller keeps the store's 503.
+there is nothing to answer from, and the caller keeps the store's 503. With the store up, ``pending``
+tells a pod the cache has seen from one the store has not indexed yet.
 """
 
 from __future__ import annotations
@@ -86,19 +87,63 @@ def _admitted(plan: PoolPlan, view: PodView) -> Position:
     )
 
 
-def _find(request: web.Request, plans: Mapping[str, PoolPlan], matches: Callable[[PodView], bool]) -> Position | None:
-    """The first pod that ``matches``: queued in any pool first, then holding, as the store is asked."""
-    pools = request.app[CONFIG_KEY].pools
-    now = request.app[CLOCK_KEY]()
-    for name, plan in plans.items():
+Matcher = Callable[[PodView], bool]
+
+
+def of_pod(namespace: str, name: str) -> Matcher:
+    key = pod_key(namespace, name)
+    return lambda view: view.key == key
+
+
+def of_user(user: str, server: str) -> Matcher:
+    """By the pod's hub user and server name annotations, as the store's ``find_user``."""
+    return lambda view: (view.user, view.server) == (user, server)
+
+
+def _locate(plans: Mapping[str, PoolPlan], matches: Matcher) -> tuple[PoolPlan, PodView, int | None] | None:
+    """The first pod that ``matches`` with its plan and queue index (None: holding): queued in any
+    pool first, then holding, as the store is asked."""
+    for plan in plans.values():
         for index, view in enumerate(plan.queue):
             if matches(view):
-                return _queued(request, plan, pools[name], index, now)
+                return plan, view, index
     for plan in plans.values():
         for view in plan.holders:
             if matches(view):
-                return _admitted(plan, view)
+                return plan, view, None
     return None
+
+
+def _find(request: web.Request, plans: Mapping[str, PoolPlan], matches: Matcher) -> Position | None:
+    found = _locate(plans, matches)
+    if found is None:
+        return None
+    plan, view, index = found
+    if index is None:
+        return _admitted(plan, view)
+    config = request.app[CONFIG_KEY].pools[plan.pool]
+    return _queued(request, plan, config, index, request.app[CLOCK_KEY]())
+
+
+def pending(request: web.Request, matches: Matcher) -> Position | None:
+    """A pod the store has not indexed yet but this replica's cache has queued or holding: "pending",
+    so the hub asks again in a moment instead of hearing that nothing waits. None when the cache
+    has not synced or has no such pod (the store's answer stands). The store answered, so the
+    source stays ``store``."""
+    plans = _plans(request)
+    found = None if plans is None else _locate(plans, matches)
+    if found is None:
+        return None
+    plan, view, _ = found
+    return Position(
+        pool=plan.pool,
+        state=PositionState.PENDING,
+        namespace=view.namespace,
+        name=view.name,
+        user=view.user,
+        server=view.server,
+        refresh_seconds=refresh(PositionState.PENDING, None),
+    )
 
 
 def pod_position(request: web.Request, namespace: str, name: str) -> Position | None:
@@ -106,8 +151,7 @@ def pod_position(request: web.Request, namespace: str, name: str) -> Position | 
     plans = _plans(request)
     if plans is None:
         return None
-    key = pod_key(namespace, name)
-    found = _find(request, plans, lambda view: view.key == key)
+    found = _find(request, plans, of_pod(namespace, name))
     if found is not None:
         return found
     if request.app[CLUSTER_KEY].pod_exists(namespace, name) is False:
@@ -128,7 +172,7 @@ def user_position(request: web.Request, user: str, server: str) -> Position | No
     plans = _plans(request)
     if plans is None:
         return None
-    found = _find(request, plans, lambda view: (view.user, view.server) == (user, server))
+    found = _find(request, plans, of_user(user, server))
     if found is None:
         raise no_such_user(user, server)
     return found

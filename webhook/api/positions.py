@@ -225,7 +225,8 @@ async def get_pool_queue(request: web.Request) -> web.Response:
 
 
 async def get_pod_position(request: web.Request) -> web.Response:
-    """Where a pod stands: queued (with position and ETA), admitted, or unknown (not indexed yet)."""
+    """Where a pod stands: queued (with position and ETA), admitted, pending (in the cache, not
+    indexed yet) or unknown."""
     path = parse_params(PodPath, request.match_info, "path")
 
     async def from_store() -> Position:
@@ -240,9 +241,12 @@ async def get_pod_position(request: web.Request) -> web.Response:
             holder = next((h for h in await store.holders(name) if h.key == key), None)
             if holder is not None:
                 return await _admitted_position(request, name, holder)
+        seen = cached.pending(request, cached.of_pod(path.namespace, path.pod))
+        if seen is not None:
+            return seen
         if request.app[CLUSTER_KEY].pod_exists(path.namespace, path.pod) is False:
             raise no_such_pod(path.namespace, path.pod)
-        # The pod exists (or this replica's cache is not synced yet): the index will catch up.
+        # The pod exists but in no pool's queue (or this replica's cache is not synced yet).
         return Position(
             pool=None,
             state=PositionState.UNKNOWN,
@@ -279,6 +283,11 @@ async def get_user_position(request: web.Request) -> web.Response:
                 server=query.server,
                 refresh_seconds=REFRESH_NEAR_HEAD_SECONDS,
             )
+        # The hub asks right after creating the pod: a 404 before the index has it would read as
+        # "not queued", so the cache's sighting answers "pending" instead.
+        seen = cached.pending(request, cached.of_user(path.user, query.server))
+        if seen is not None:
+            return seen
         raise no_such_user(path.user, query.server)
 
     return await _answer(request, from_store, lambda: cached.user_position(request, path.user, query.server))
