@@ -1,10 +1,15 @@
 # gpu-queue: the two commands of the README, and their parts.
 #   make demo   the seed story on a local control plane (no Docker needed)
-#   make test   lint, type-check, and every test tier that can run here
-.PHONY: setup lint test unit demo bench e2e clean-dev
+#   make test   lint, type-check, and every test tier that can run here; then the hub tests again
+#               on JupyterHub 5.5 (make test-hub5 runs only those)
+.PHONY: setup lint test test-hub5 unit demo bench e2e clean-dev
 
 VENV := .venv
 BIN := $(VENV)/bin
+# The hub module again on JupyterHub 5.5 (zero-to-jupyterhub 4.x); .venv has the newest JupyterHub.
+HUB5_BIN := .venv-hub5/bin
+HUB_TESTS := tests/unit/test_hub.py tests/cluster/test_hub_view.py tests/cluster/test_hub_real.py
+HUB_VERSION = -c 'import sys, jupyterhub, kubespawner; print(f"[test] JupyterHub {jupyterhub.__version__}, KubeSpawner {kubespawner.__version__}: {sys.argv[1]}")'
 
 setup:
 	scripts/setup.sh
@@ -14,7 +19,14 @@ lint: setup
 	$(BIN)/mypy webhook gpu_queue_dev
 
 test: lint
+	@$(BIN)/python $(HUB_VERSION) "every test"
 	$(BIN)/pytest -q -ra
+	@$(HUB5_BIN)/python $(HUB_VERSION) "the hub tests"
+	$(HUB5_BIN)/pytest -q -ra $(HUB_TESTS)
+
+test-hub5: setup
+	@$(HUB5_BIN)/python $(HUB_VERSION) "the hub tests"
+	$(HUB5_BIN)/pytest -q -ra $(HUB_TESTS)
 
 unit: setup
 	$(BIN)/pytest -q tests/unit

@@ -2,7 +2,9 @@
 # Prepare a fresh Debian/Ubuntu machine for gpu-queue's demo and tests:
 #   - redis-server from Debian's packages (the queue store; the tests start their own servers),
 #     and libfaketime (a cluster test skews one replica's clock),
-#   - a virtualenv in .venv with the package and its test/dev/hub extras,
+#   - a virtualenv in .venv with the package and its test/dev/hub extras (the newest JupyterHub),
+#   - a second one, .venv-hub5, with JupyterHub 5.5 (what zero-to-jupyterhub 4.x ships), in which
+#     `make test` runs the hub tests again,
 #   - the Go-built control-plane tools (tools/build.sh; cached outside the repo).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -30,6 +32,22 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test,dev,hub]'
   rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+# The hub module must work on the JupyterHub admins run: zero-to-jupyterhub 4.x ships 5.5, and
+# 5.x counts a refused spawn towards consecutive_failure_limit where 6.x does not. Pinned exactly
+# (the newest 5.5.x), so a warm run never drifts; raise it here when a 5.5 release appears.
+hub5_pin="jupyterhub==5.5.4"
+if [ ! -x .venv-hub5/bin/python ]; then
+  say "creating .venv-hub5 (JupyterHub 5.5) with $(.venv/bin/python --version)"
+  .venv/bin/python -m venv .venv-hub5  # the same interpreter as .venv
+fi
+hub5_stamp=.venv-hub5/.installed-$( (cat pyproject.toml; echo "$hub5_pin") | sha256sum | cut -c1-16)
+if [ ! -f "$hub5_stamp" ]; then
+  say "installing Python dependencies into .venv-hub5 with $hub5_pin"
+  .venv-hub5/bin/pip install -q --upgrade pip
+  .venv-hub5/bin/pip install -q -e '.[test,dev]' -c <(echo "$hub5_pin")
+  rm -f .venv-hub5/.installed-* && touch "$hub5_stamp"
 fi
 
 if ! command -v go >/dev/null 2>&1; then

@@ -211,7 +211,8 @@ def _policy_error(message: str) -> Exception:
     """A 409 that the spawn page shows verbatim and the hub does not count as a spawn error."""
     if _SpawnException is not None:
         return cast(Exception, _SpawnException(message, reason="gpu-queue-one-per-user", status_code=409))
-    error = web.HTTPError(409, reason="One GPU server per user")
+    # JupyterHub 5.x's API answers only the log message (its reason becomes "error"): carry the words there too.
+    error = web.HTTPError(409, "%s", message, reason="One GPU server per user")
     error.jupyterhub_message = message  # type: ignore[attr-defined]  # read by jupyterhub's format_exception
     return error
 

@@ -214,6 +214,7 @@ def make_user(hub_db: Any, no_kube_config: None) -> MakeUser:
             "base_url": "/",
             "internal_ssl": False,
             "allow_named_servers": True,
+            "statsd": types.SimpleNamespace(incr=lambda *a, **k: None),  # JupyterHub 5.x's spawn error path
         }
         return User(orm_user, settings)
 
@@ -221,9 +222,8 @@ def make_user(hub_db: Any, no_kube_config: None) -> MakeUser:
 
 
 def named_spawner(user: User, server: str) -> QueueAwareKubeSpawner:
-    if server and server not in user.orm_spawners:
-        user._new_orm_spawner(server, server)
-    spawner = user.spawners[server]
+    create = getattr(user, "get_or_create_spawner", None)  # JupyterHub 6; 5.x creates on first access
+    spawner = create(server, server) if create is not None and server else user.spawners[server]
     assert isinstance(spawner, QueueAwareKubeSpawner)
     return spawner
 
