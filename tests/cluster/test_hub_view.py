@@ -87,22 +87,33 @@ async def test_stock_kubespawner_progress_shows_the_queue_position(hub_target: T
 
 async def test_queue_aware_spawner_progress_polls_live_positions(hub_target: Target) -> None:
     target = hub_target
-    from webhook.hub import QueueAwareKubeSpawner
-
     await scenarios.fill_pool(target, target.slices)
     await target.spawn("ahead")  # someone is already waiting: our user is number 2
+    spawner = await _queue_aware_spawner(target, "aware@example.org")
+    assert os.environ["KUBECONFIG"]
+    seen = await _progress_until(spawner, "position 2 of 2", 60)
+    print(f"[hub view] queue-aware progress: {seen}")
+    # the live line (polled from the API), not the controller's Event (which has a timestamp)
+    assert seen[-1].startswith("Waiting for a GPU slice: position 2 of 2"), seen
+
+
+async def _queue_aware_spawner(target: Target, user: str, **traits: Any) -> Any:
+    """A ``QueueAwareKubeSpawner`` for the GPU profile, pointed at the queue API, prepared as the
+    hub prepares a spawn (its pre-spawn hook decides that the spawn queues)."""
+    from webhook.hub import QueueAwareKubeSpawner
+
     spawner = await new_spawner(
         QueueAwareKubeSpawner,
-        "aware@example.org",
+        user,
         "gpu-enabled",
         namespace=target.namespace,
         queue_api_url=target.api_url,
         queue_api_token=target.read_token,
         queue_ca_file=target.ca_file,
+        **traits,
     )
-    assert os.environ["KUBECONFIG"]
-    seen = await _progress_until(spawner, "position 2 of 2", 60)
-    print(f"[hub view] queue-aware progress: {seen}")
+    await spawner.run_pre_spawn_hook()
+    return spawner
 
 
 async def test_the_spawn_page_holds_its_bar_until_the_position_and_counts_slowness_from_the_grant(
@@ -113,21 +124,13 @@ async def test_the_spawn_page_holds_its_bar_until_the_position_and_counts_slowne
     known (the queue has not indexed a new pod at first), and after 5 s in the queue and a grant,
     KubeSpawner's "taking longer than expected ... N seconds" never counts the time spent queued."""
     target = hub_target
-    from webhook.hub import QueueAwareKubeSpawner
-
     holders = await scenarios.fill_pool(target, target.slices)
-    spawner = await new_spawner(
-        QueueAwareKubeSpawner,
+    spawner = await _queue_aware_spawner(
+        target,
         "patient@example.org",
-        "gpu-enabled",
-        namespace=target.namespace,
-        queue_api_url=target.api_url,
-        queue_api_token=target.read_token,
-        queue_ca_file=target.ca_file,
         slow_spawn_message_threshold=1,  # KubeSpawner's patience message after 1 s instead of 60
         slow_spawn_message_frequency=1,
     )
-    await spawner.run_pre_spawn_hook()  # as the hub does before start(): decides this spawn queues
     seen: list[tuple[float, dict[str, Any]]] = []
     granted_at: list[float] = []
     loop = asyncio.get_running_loop()

@@ -743,14 +743,12 @@ async def test_api_behind_tls_is_verified_with_the_configured_ca(
 # --------------------------------------------------------------------------- one GPU server per user
 
 
-async def test_second_gpu_server_is_refused_while_the_first_waits(
-    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    user = make_user()
+async def _first_server_waiting(user: User) -> tuple[asyncio.Task[Any], asyncio.Event]:
+    """The user's default server is spawning with the GPU profile; its pod waits in the queue."""
     first = named_spawner(user, "")
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def queued_start() -> str:  # the first server's pod waits in the queue
+    async def queued_start() -> str:
         await first.load_user_options()
         started.set()
         await release.wait()
@@ -759,6 +757,15 @@ async def test_second_gpu_server_is_refused_while_the_first_waits(
     first._start = queued_start
     spawn = asyncio.create_task(user.spawn("", options={"profile": "gpu-enabled"}))
     await started.wait()
+    return spawn, release
+
+
+async def test_second_gpu_server_is_refused_while_the_first_waits(
+    make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = make_user()
+    spawn, _ = await _first_server_waiting(user)
+    first = named_spawner(user, "")
     second = named_spawner(user, "training")
 
     async def no_pod_to_delete(now: bool = False) -> None:
@@ -776,23 +783,6 @@ async def test_second_gpu_server_is_refused_while_the_first_waits(
     message = getattr(refused.value, "jupyterhub_message", None) or str(refused.value)
     assert "Your default server is waiting for a GPU slice" in message
     assert "one GPU server at a time" in message
-
-
-async def _first_server_waiting(user: User) -> tuple[asyncio.Task[Any], asyncio.Event]:
-    """The user's default server is spawning with the GPU profile; its pod waits in the queue."""
-    first = named_spawner(user, "")
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def queued_start() -> str:
-        await first.load_user_options()
-        started.set()
-        await release.wait()
-        return "http://127.0.0.1:8888"
-
-    first._start = queued_start
-    spawn = asyncio.create_task(user.spawn("", options={"profile": "gpu-enabled"}))
-    await started.wait()
-    return spawn, release
 
 
 async def test_the_spawn_form_refuses_a_second_gpu_server_before_any_spawn_starts(make_user: MakeUser) -> None:
