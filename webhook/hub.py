@@ -11,7 +11,12 @@ which the spawn page shows). This subclass adds what Events cannot do:
   after the hub has read the timeout, so it cannot do this);
 * scheduler text such as ``0/3 nodes are available: 3 Insufficient nvidia.com/gpu`` rewritten into
   words a user understands;
-* an optional policy: one GPU server per user.
+* the bar held ("Joining the queue ...") while the queue has not indexed a new pod yet, and
+  KubeSpawner's "taking longer than expected" counted from the grant, not from the queue;
+* a spawn whose pod gpu-queue released as stuck (or an admin removed) ended at once, with why;
+* an optional policy: one GPU server per user, refused before the spawn starts (the spawn form),
+  so that no JupyterHub version counts it towards ``consecutive_failure_limit`` (5.x counts every
+  failed spawn; a refusal through the REST API is taken off its count).
 
 When the API is unreachable it falls back to stock behaviour with one warning and no crash.
 
