@@ -771,7 +771,11 @@ async def test_second_gpu_server_is_refused_while_the_first_waits(
     async def no_pod_to_delete(now: bool = False) -> None:
         return None
 
+    async def no_pod_to_poll() -> int:  # JupyterHub 5.x polls a failed spawn's server before stopping it
+        return 0
+
     monkeypatch.setattr(second, "stop", no_pod_to_delete)
+    monkeypatch.setattr(second, "poll", no_pod_to_poll)
     try:
         with pytest.raises(tornado_web.HTTPError) as refused:
             await user.spawn("training", options={"profile": "gpu-enabled"})
