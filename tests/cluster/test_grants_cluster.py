@@ -112,7 +112,7 @@ async def test_a_leader_frozen_past_its_lease_writes_nothing_after_it_thaws(
         await target.logout(holders[1])
         lease = cluster.service_config.controller.lease_duration_seconds
         await wait_for(
-            lambda: _holder_is(target, f"gpu-queue-{1 - old}"), 4 * lease, "the other replica to take the Lease"
+            lambda: _holder_is(target.kube, f"gpu-queue-{1 - old}"), 4 * lease, "the other replica to take the Lease"
         )
         await checker.wait(lambda v: len(v.holding) == target.slices, 15, "the new leader to grant both slices")
         before = await _events_by(target, identity)
@@ -138,8 +138,8 @@ async def test_a_leader_frozen_past_its_lease_writes_nothing_after_it_thaws(
     assert "gpu_queue_fenced_writes_total" in fenced
 
 
-async def _holder_is(target: Target, identity: str) -> bool:
-    return bool((await target.kube.request("GET", LEASE))["spec"].get("holderIdentity") == identity)
+async def _holder_is(kube: Kube, identity: str) -> bool:
+    return bool((await kube.request("GET", LEASE))["spec"].get("holderIdentity") == identity)
 
 
 async def _admin_call(cluster: DevCluster, replica: int, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -181,3 +181,25 @@ async def test_admin_edits_sent_to_the_replica_that_does_not_lead_decide_the_nex
     await wait_for(lambda: scenarios._queued_at(target, back, 2), 15, "the removed user back at the end, no place")
     summary = checker.check()
     print(f"[grants] edits on the replica that does not lead: {json.dumps(summary, default=str)}")
+
+
+async def test_a_leader_stopped_gracefully_hands_the_lease_over_at_once(clean_cluster: DevCluster) -> None:
+    """SIGTERM the leader (what a rollout or `kubectl delete pod` does): it empties the Lease's
+    holder as it stops, so the other replica leads within one of its retry periods instead of
+    waiting out the lease. Found in kind: the hand-over was cut short by a second cancellation of
+    the elector, and every rollout paused grants for a whole lease duration."""
+    cluster = clean_cluster
+    kube = Kube(await load_client(cluster.kubeconfig))
+    try:
+        old = await current_leader(kube)
+        lease = cluster.service_config.controller.lease_duration_seconds
+        process = cluster.procs[f"service-{old}"]
+        assert process.pid is not None
+        stopped = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)
+        await wait_for(lambda: _holder_is(kube, f"gpu-queue-{1 - old}"), 4 * lease, "the other replica to lead")
+        took = time.monotonic() - stopped
+    finally:
+        await kube.aclose()
+    print(f"[grants] graceful hand-over: {json.dumps({'takeover_seconds': round(took, 2), 'lease_seconds': lease})}")
+    assert took < lease, f"the next leader waited {took:.1f} s: the Lease was not handed over (lease {lease} s)"

@@ -166,8 +166,12 @@ class QueueController:
         try:
             await asyncio.gather(*tasks)
         finally:
+            # Cancel each task once: one the cancelled gather already cancelled is in its clean-up
+            # (the elector handing the Lease over), and a second cancellation would cut it short:
+            # the next leader then waited out the whole lease (found in kind, on every rollout).
             for task in tasks:
-                task.cancel()
+                if not task.done() and not task.cancelling():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _leader_loop(self) -> None:
