@@ -371,9 +371,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         """The spawn form's options, refused here (before any spawn) when the one-server policy says
         no: the hub shows the form again with the message, and no spawn has started, so no hub
         version counts it towards ``consecutive_failure_limit``."""
-        options = await maybe_future(super().run_options_from_form(form_data))
-        await self._refuse_before_spawn(options)
-        return options
+        return await self._checked_options(super().run_options_from_form(form_data))
 
     def options_from_query(self, query_data: Mapping[str, Any]) -> Any:
         """``/hub/spawn?profile=...`` links: the same early refusal as the form's."""
