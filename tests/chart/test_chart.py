@@ -438,6 +438,21 @@ def test_config_change_rolls_the_pods() -> None:
     assert checksum(rendered("16-slices")) == checksum(render_chart(MATRIX["16-slices"]))
 
 
+def test_generated_tokens_do_not_roll_the_pods_but_set_tokens_do() -> None:
+    """Two renders draw two different random tokens (as an install and the stored token on the first
+    upgrade differ in what the template sees); the pods' checksum must not move with them."""
+
+    def api_checksum(objects: list[dict[str, Any]]) -> str:
+        annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/api"])
+
+    first, second = render_chart({}), render_chart({})
+    tokens = [one(o, "Secret", f"{FULLNAME}-api")["data"]["read-tokens"] for o in (first, second)]
+    assert tokens[0] != tokens[1], "the renders should have drawn different tokens"
+    assert api_checksum(first) == api_checksum(second)
+    assert api_checksum(render_chart({"api": {"readTokens": ["r" * 40]}})) != api_checksum(first)
+
+
 # --------------------------------------------------------------------------- RBAC
 
 # Every grant of the service's ServiceAccount, and why it needs it. Anything else fails the test.
