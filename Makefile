@@ -1,7 +1,8 @@
 # gpu-queue: the two commands of the README, and their parts.
 #   make demo   the seed story on a local control plane (no Docker needed)
 #   make test   lint, type-check, and every test tier that can run here; then the hub tests again
-#               on JupyterHub 5.5 (make test-hub5 runs only those)
+#               on JupyterHub 5.5 (make test-hub5 runs only those); then the kind tier (make e2e
+#               runs only that: the image and the chart in a kind cluster, built offline)
 .PHONY: setup lint test test-hub5 unit demo bench e2e clean-dev
 
 VENV := .venv
@@ -20,9 +21,10 @@ lint: setup
 
 test: lint
 	@$(BIN)/python $(HUB_VERSION) "every test"
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --ignore=tests/e2e
 	@$(HUB5_BIN)/python $(HUB_VERSION) "the hub tests"
 	$(HUB5_BIN)/pytest -q -ra $(HUB_TESTS)
+	tests/e2e/run.sh
 
 test-hub5: setup
 	@$(HUB5_BIN)/python $(HUB_VERSION) "the hub tests"

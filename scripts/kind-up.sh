@@ -13,16 +13,19 @@
 #      package's files from this Debian host: tools/kind-e2e/redis-host.Dockerfile);
 #   2. kind cluster gpu-queue-e2e (one control plane, one worker; tools/kind-node/cluster.yaml),
 #      reused when it exists;
-#   3. `kind load docker-image` of gpu-queue:dev, the Redis image and the base (the test pods' image);
+#   3. `kind load docker-image` of gpu-queue:dev (also tagged gpu-queue:e2e-next, for the kind
+#      tier's upgrade to a new image tag), the Redis image and the base;
 #   4. the worker becomes the fake GPU node: nvidia.com/gpu: 8 in its status capacity/allocatable
 #      (what the NVIDIA device plugin with time-slicing would advertise) and the label
 #      nvidia.com/gpu.present=true (what GPU feature discovery sets; the cpu-only profile's affinity
 #      keeps CPU users off such nodes). The control plane's NoSchedule taint is removed so that
 #      CPU-only pods have a node;
+#   4b. kind's local-path storage (scripts/kind-storage.sh: rancher's local-path-provisioner built
+#      from its Go module) as the default StorageClass, for the built-in Redis's PVC;
 #   5. namespace jhub, then `helm upgrade --install gpu-queue charts/gpu-queue -n gpu-queue
 #      --create-namespace -f tools/kind-e2e/values.yaml --wait --timeout 5m` (hooks: the
 #      self-managed certificate Jobs and the caBundle patch);
-#   6. checks: 2 replicas Ready; both certificate Jobs Succeeded (watched while helm runs: they are
+#   6. checks: 2 replicas Ready; Redis Ready with its PVC Bound; both certificate Jobs Succeeded (watched while helm runs: they are
 #      deleted on success); both webhook configurations have a caBundle; a KubeSpawner-like pod
 #      with gpu-queue.io/profile=gpu-enabled is created gated (gpu-queue.io/slice) with the
 #      profile's resources injected, then granted (gate removed) and Running on the worker; a
@@ -43,7 +46,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,38p' "$0"; exit 0 ;;
   *) say "error: unknown argument: $1 (try --help)"; exit 2 ;;
 esac
 
@@ -209,15 +212,18 @@ say "2. nodes Ready (${control}, ${worker}) in $(since "$t")"
 
 # --- 3. images into the nodes -----------------------------------------------------------------
 t=$(now)
-kind load docker-image --name "$cluster" gpu-queue:dev "$redis_image" "$base" >"${work}/kind-load.log" 2>&1 \
+# gpu-queue:e2e-next: the same image under a second tag, for the kind tier's `helm upgrade` to a
+# new image tag (a rollout of both replicas).
+docker tag gpu-queue:dev gpu-queue:e2e-next
+kind load docker-image --name "$cluster" gpu-queue:dev gpu-queue:e2e-next "$redis_image" "$base" >"${work}/kind-load.log" 2>&1 \
   || { cat "${work}/kind-load.log" >&2; die "kind load docker-image failed"; }
 for n in "$control" "$worker"; do
   have=$(docker exec "$n" crictl images -o json 2>/dev/null | jq -r '.images[].repoTags[]' || true)
-  for img in gpu-queue:dev "$redis_image" "$base"; do
+  for img in gpu-queue:dev gpu-queue:e2e-next "$redis_image" "$base"; do
     grep -qx "docker.io/library/${img}" <<<"$have" || die "${img} not in ${n}'s containerd after kind load"
   done
 done
-say "3. loaded gpu-queue:dev, ${redis_image}, ${base} into both nodes in $(since "$t")"
+say "3. loaded gpu-queue:dev (also as :e2e-next), ${redis_image}, ${base} into both nodes in $(since "$t")"
 
 # --- 4. the fake GPU node ---------------------------------------------------------------------
 t=$(now)
@@ -229,6 +235,12 @@ kubectl taint node "$control" node-role.kubernetes.io/control-plane:NoSchedule- 
 alloc=$(kubectl get node "$worker" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')
 [ "$alloc" = "8" ] || die "${worker} allocatable nvidia.com/gpu is '${alloc}', not 8"
 say "4. ${worker}: allocatable nvidia.com/gpu=${alloc}, label nvidia.com/gpu.present=true; ${control} untainted, in $(since "$t")"
+
+# --- 4b. storage: kind's local-path provisioner (the node image's default class has none) -------
+t=$(now)
+storage_image=$(run_logged storage scripts/kind-storage.sh --install "$cluster" | tail -n 1) \
+  || die "scripts/kind-storage.sh --install ${cluster} failed"
+say "4b. StorageClass standard (rancher.io/local-path, ${storage_image}) ready in $(since "$t")"
 
 # --- 5. the chart -----------------------------------------------------------------------------
 t=$(now)
@@ -263,7 +275,9 @@ ready=$(kubectl -n "$namespace" get deploy "$release" -o jsonpath='{.status.read
 say "6a. deploy/${release}: 2/2 replicas Ready on $(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=webhook -o jsonpath='{range .items[*]}{.spec.nodeName} {end}')"
 kubectl -n "$namespace" get sts "${release}-redis" -o jsonpath='{.status.readyReplicas}' | grep -qx 1 \
   || die "statefulset ${release}-redis not Ready"
-say "6a. statefulset ${release}-redis: 1/1 Ready (${redis_image})"
+pvc_phase=$(kubectl -n "$namespace" get pvc "data-${release}-redis-0" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+[ "$pvc_phase" = Bound ] || die "pvc data-${release}-redis-0 is '${pvc_phase:-missing}', not Bound"
+say "6a. statefulset ${release}-redis: 1/1 Ready (${redis_image}), its PVC data-${release}-redis-0 Bound to $(kubectl -n "$namespace" get pvc "data-${release}-redis-0" -o jsonpath='{.spec.volumeName}')"
 pods_age=$(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=webhook \
   -o jsonpath='{range .items[*]}{.metadata.name} (since {.status.startTime}) {end}')
 leader=$(kubectl -n "$namespace" get lease "${release}-leader" -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
@@ -345,10 +359,12 @@ g=${work}/gpu-created.json
 jq -e --arg gate "$gate" '[.spec.schedulingGates[]?.name] | index($gate)' "$g" >/dev/null \
   || die "gpu-enabled pod created without the ${gate} gate: $(jq -c .spec.schedulingGates "$g")"
 res=$(jq -c '.spec.containers[0].resources' "$g")
-[ "$(jq -r '.spec.containers[0].resources.limits["nvidia.com/gpu"]' "$g")" = "1" ] \
-  && [ "$(jq -r '.spec.containers[0].resources.requests.cpu' "$g")" = "1" ] \
-  && [ "$(jq -r '.spec.containers[0].resources.requests.memory' "$g")" = "2Gi" ] \
-  || die "gpu-enabled pod: resources not injected as the profile says: ${res}"
+# What the release's values say the profile gets (tools/kind-e2e/values.yaml over the chart's).
+want=$(helm -n "$namespace" get values "$release" --all -o json | jq -c '.config.profiles["gpu-enabled"] | {requests, limits}')
+jq -e --argjson want "$want" '.spec.containers[0].resources as $r
+    | [($want.requests | to_entries[] | ($r.requests[.key] == (.value | tostring))),
+       ($want.limits | to_entries[] | ($r.limits[.key] == (.value | tostring)))] | all' "$g" >/dev/null \
+  || die "gpu-enabled pod: resources ${res} are not what the profile says (${want})"
 say "6d. gpu pod created gated (${gate}); injected ${res}; requested-at $(jq -r '.metadata.annotations["gpu-queue.io/requested-at"] // "-"' "$g")"
 deadline=$(( $(date +%s) + 120 ))
 while :; do
