@@ -273,6 +273,14 @@ t=$(now)
 ready=$(kubectl -n "$namespace" get deploy "$release" -o jsonpath='{.status.readyReplicas}')
 [ "${ready:-0}" = "2" ] || die "deploy/${release}: ${ready:-0} replicas Ready, not 2"
 say "6a. deploy/${release}: 2/2 replicas Ready on $(kubectl -n "$namespace" get pods -l app.kubernetes.io/component=webhook -o jsonpath='{range .items[*]}{.spec.nodeName} {end}')"
+deadline=$(( $(date +%s) + 30 ))  # the disruption controller updates the status a moment after
+while :; do
+  pdb=$(kubectl -n "$namespace" get pdb "$release" -o jsonpath='{.status.currentHealthy} healthy, {.status.disruptionsAllowed} disruption(s) allowed' 2>/dev/null || true)
+  [[ "$pdb" == "2 healthy, 1 disruption"* ]] || [ "$(date +%s)" -ge "$deadline" ] && break
+  sleep 1
+done
+[[ "$pdb" == "2 healthy, 1 disruption"* ]] || die "poddisruptionbudget/${release}: '${pdb:-missing}', not 2 healthy with 1 disruption allowed"
+say "6a. poddisruptionbudget/${release}: ${pdb}"
 kubectl -n "$namespace" get sts "${release}-redis" -o jsonpath='{.status.readyReplicas}' | grep -qx 1 \
   || die "statefulset ${release}-redis not Ready"
 pvc_phase=$(kubectl -n "$namespace" get pvc "data-${release}-redis-0" -o jsonpath='{.status.phase}' 2>/dev/null || true)
