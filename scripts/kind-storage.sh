@@ -194,7 +194,9 @@ pod=$(kubectl -n "$namespace" get pods -l "app=${deploy}" -o json \
 say "5. deploy/${deploy} Ready in $(since "$t") (pod ${pod})"
 # The controller logs this once it watches claims (the Deployment has no readiness probe).
 deadline=$(( $(date +%s) + 30 ))
-until kubectl -n "$namespace" logs "deploy/${deploy}" 2>/dev/null | grep -q 'Started provisioner controller'; do
+# grep without -q reads the whole log: with -q it stops at the match, kubectl gets SIGPIPE, and
+# pipefail turns a long log's match into a failure.
+until kubectl -n "$namespace" logs "deploy/${deploy}" 2>/dev/null | grep 'Started provisioner controller' >/dev/null; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     kubectl -n "$namespace" logs "deploy/${deploy}" --tail=30 >&2 2>&1 || true
     die "deploy/${deploy} is Ready but its log has no 'Started provisioner controller' after 30s"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.kind import RELEASE, PortForward, Release
+from tests.e2e.kind import RELEASE, PortForward, Release, clean_hub_namespace, set_slices
 from tests.helpers.waiting import wait_for
 from tests.scenarios import Target
 from webhook.kube import Kube, load_client
@@ -61,15 +61,6 @@ def forward() -> Iterator[PortForward]:
         forward.close()
 
 
-async def _set_slices(kube: Kube, node: str, slices: int) -> None:
-    """Advertise ``nvidia.com/gpu`` on the node's status, as the device plugin with time-slicing does."""
-    ops = [
-        {"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(slices)},
-        {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(slices)},
-    ]
-    await kube.patch_json(f"/api/v1/nodes/{node}/status", ops)
-
-
 @pytest.fixture
 async def release(forward: PortForward) -> AsyncIterator[Release]:
     """The installed release, both replicas Ready (a scenario before may have replaced one)."""
@@ -98,8 +89,8 @@ async def target(release: Release, tmp_path: Path) -> AsyncIterator[Target]:
     ca_file.write_text(await release.secret(f"{RELEASE}-tls", "ca.crt"))
     read_token = (await release.secret(f"{RELEASE}-api", "read-tokens")).split(",")[0]
     kube = release.kube
-    await _set_slices(kube, node, GPU_SLICES)
-    await _clean(kube, namespace)
+    await set_slices(kube, node, GPU_SLICES)
+    await clean_hub_namespace(kube, namespace)
     await release.flush_redis()
     try:
         yield Target(
@@ -109,28 +100,10 @@ async def target(release: Release, tmp_path: Path) -> AsyncIterator[Target]:
             api_url=await release.api_url(),
             read_token=read_token,
             ca_file=str(ca_file),
-            set_slices=lambda n: _set_slices(kube, node, n),
+            set_slices=lambda n: set_slices(kube, node, n),
             slices=GPU_SLICES,
             image=POD_IMAGE,
         )
     finally:
-        await _set_slices(kube, node, GPU_SLICES)
-        await _clean(kube, namespace)
-
-
-async def _clean(kube: Kube, namespace: str) -> None:
-    """Delete every single-user pod (grace 0) and wait until the namespace has none."""
-    await kube.request(
-        "DELETE",
-        f"/api/v1/namespaces/{namespace}/pods",
-        query={"labelSelector": "component=singleuser-server", "gracePeriodSeconds": 0},
-        request_timeout=90,  # a collection of a hundred pods takes the API server a while on 2 cores
-    )
-
-    async def empty() -> bool:
-        listing = await kube.request(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": "component=singleuser-server"}
-        )
-        return not listing.get("items")
-
-    await wait_for(empty, 90, "the hub namespace to have no single-user pods")
+        await set_slices(kube, node, GPU_SLICES)
+        await clean_hub_namespace(kube, namespace)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.waiting import wait_for
 from tests.scenarios import Target, gated
 from webhook.kube import Kube, KubeError
 
@@ -38,8 +39,10 @@ class PortForward:
     """``kubectl port-forward <resource> :<port>``: one pod's port on a free local port. The forward
     dies with its pod (a rollout, a deleted leader); ``Release.api_url`` moves it to a live one."""
 
-    def __init__(self, kubeconfig: str, resource: str = "", port: int = 8443) -> None:
-        self.kubeconfig, self.resource, self.remote = kubeconfig, resource, port
+    def __init__(
+        self, kubeconfig: str, resource: str = "", port: int = 8443, namespace: str = RELEASE_NAMESPACE
+    ) -> None:
+        self.kubeconfig, self.resource, self.remote, self.namespace = kubeconfig, resource, port, namespace
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -55,7 +58,7 @@ class PortForward:
     def _start(self) -> None:
         self.close()
         process = subprocess.Popen(
-            ["kubectl", "--kubeconfig", self.kubeconfig, "-n", RELEASE_NAMESPACE, "port-forward",
+            ["kubectl", "--kubeconfig", self.kubeconfig, "-n", self.namespace, "port-forward",
              self.resource, f":{self.remote}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -243,3 +246,30 @@ class SliceWatch:
                         break  # 410 Gone: list again
             except KubeError:
                 continue
+
+
+async def set_slices(kube: Kube, node: str, slices: int) -> None:
+    """Advertise ``nvidia.com/gpu`` on the node's status, as the device plugin with time-slicing does."""
+    ops = [
+        {"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": str(slices)},
+        {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": str(slices)},
+    ]
+    await kube.patch_json(f"/api/v1/nodes/{node}/status", ops)
+
+
+async def clean_hub_namespace(kube: Kube, namespace: str) -> None:
+    """Delete every single-user pod (grace 0) and wait until the namespace has none."""
+    await kube.request(
+        "DELETE",
+        f"/api/v1/namespaces/{namespace}/pods",
+        query={"labelSelector": "component=singleuser-server", "gracePeriodSeconds": 0},
+        request_timeout=90,  # a collection of a hundred pods takes the API server a while on 2 cores
+    )
+
+    async def empty() -> bool:
+        listing = await kube.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": "component=singleuser-server"}
+        )
+        return not listing.get("items")
+
+    await wait_for(empty, 90, "the hub namespace to have no single-user pods")

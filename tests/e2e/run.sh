@@ -59,8 +59,12 @@ say "cluster, images and release ready in $(( $(date +%s) - up ))s"
 report=$(mktemp)
 tests=$(date +%s)
 status=0
-REQUIRE_KIND=1 GPU_QUEUE_E2E_KUBECONFIG=$kubeconfig GPU_QUEUE_E2E_GPU_NODE=$cluster-worker \
-  GPU_QUEUE_E2E_REPORT=$report .venv/bin/pytest -q -ra -p no:cacheprovider tests/e2e || status=$?
+artifacts=${GPU_QUEUE_E2E_ARTIFACTS:-$gq/e2e-artifacts}
+mkdir -p "$artifacts"
+REQUIRE_KIND=1 GPU_QUEUE_E2E_KUBECONFIG=$kubeconfig GPU_QUEUE_E2E_CLUSTER=$cluster GPU_QUEUE_E2E_GPU_NODE=$cluster-worker \
+  GPU_QUEUE_E2E_REPORT=$report GPU_QUEUE_E2E_ARTIFACTS=$artifacts \
+  .venv/bin/pytest -q -ra -p no:cacheprovider tests/e2e || status=$?
+say "screenshots and other artifacts: $artifacts"
 say "tests took $(( $(date +%s) - tests ))s; what each scenario measured:"
 sed 's/^/  /' "$report" >&2
 rm -f "$report"
