@@ -3,7 +3,7 @@
 #   make test   lint, type-check, and every test tier that can run here; then the hub tests again
 #               on JupyterHub 5.5 (make test-hub5 runs only those); then the kind tier (make e2e
 #               runs only that: the image and the chart in a kind cluster, built offline)
-.PHONY: setup lint test test-hub5 unit demo bench e2e clean-dev
+.PHONY: setup lint test test-hub5 unit demo demo-hub bench e2e clean-dev
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -35,6 +35,10 @@ unit: setup
 
 demo: setup
 	$(BIN)/gpu-queue demo
+
+# The seed story with a real JupyterHub and JupyterLab on kind, left running to click through.
+demo-hub: setup
+	scripts/demo-hub.sh
 
 e2e: setup
 	tests/e2e/run.sh
