@@ -161,8 +161,14 @@ async def test_helm_upgrade_to_a_new_image_tag_fails_no_pod_creation_and_keeps_t
         await watch.stop()
     failed = spawner.failures
     assert failed == [], f"{len(failed)} pod creations failed during the upgrade: {failed[:5]}"
-    now_pods = await release.service_pods()
-    assert not old_pods & set(now_pods), "the rollout must have replaced both replicas"
+
+    async def old_ones_gone() -> dict[str, dict[str, Any]] | None:
+        # helm --wait returns once the new replicas are Ready; an old one may still be in its
+        # preStop sleep, serving, until it stops.
+        pods = await release.service_pods()
+        return pods if not old_pods & set(pods) else None
+
+    now_pods = await wait_for(old_ones_gone, 90, "the rollout to replace both replicas (old pods gone)")
     images = {p["spec"]["containers"][0]["image"] for p in now_pods.values()}
     assert images == {f"{image.rsplit(':', 1)[0]}:{new_tag}"}, images
     gpu_spawned = [n for n, profile in spawner.created if profile == "gpu-enabled"]
