@@ -224,7 +224,11 @@ async def test_the_redis_pod_deleted_keeps_the_queue_and_the_kept_places_on_its_
     in_order = time.monotonic() - deleted
     await target.spawn("waiter2")  # back within keepPlaceSeconds: the place kept before the restart
     await wait_for(lambda: positions(fresh, waiters, source="store"), 20, "waiter2 back at position 3")
-    assert any("your place in the GPU queue was kept" in e for e in await target.events(waiters[2]))
+
+    async def told_place_kept() -> bool:  # the leader posts the Event after it answers positions
+        return any("your place in the GPU queue was kept" in e for e in await target.events(waiters[2]))
+
+    await wait_for(told_place_kept, 15, "the 'your place ... was kept' Event for waiter2")
     await target.logout(holders[0])
     await wait_for(lambda: _ungated(target, waiters[0]), 15, "the first waiter granted after Redis came back")
     await wait_for(lambda: positions(fresh, waiters[1:], source="store"), 15, "the rest at 1..4")
