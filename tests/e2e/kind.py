@@ -191,14 +191,14 @@ class Spawner:
 
 @dataclass
 class SliceWatch:
-    """Watches the hub namespace's pods and checks, at every change, the slices in use (ungated,
-    undeleted GPU pods) against the capacity: the most ever seen and every grant in order."""
+    """Watches the hub namespace's pods and records, at every change, the slices in use (ungated,
+    undeleted GPU pods): the most ever seen, and every pod that ever held one in the order seen
+    (a gate never comes back, so a pod is granted at most once)."""
 
     target: Target
-    capacity: int
     most: int = 0
     grants: list[str] = field(default_factory=list)
-    _holders: dict[str, int] = field(default_factory=dict)
+    _holders: set[str] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -216,13 +216,13 @@ class SliceWatch:
         name = pod["metadata"]["name"]
         gpu = bool((pod["metadata"].get("annotations") or {}).get("gpu-queue.io/pool"))
         holding = gpu and kind != "DELETED" and not gated(pod) and not pod["metadata"].get("deletionTimestamp")
-        if holding and name not in self._holders:
-            self.grants.append(name)
         if holding:
-            self._holders[name] = 1
+            self._holders.add(name)
+            if name not in self.grants:
+                self.grants.append(name)
         else:
-            self._holders.pop(name, None)
-        self.most = max(self.most, sum(self._holders.values()))
+            self._holders.discard(name)
+        self.most = max(self.most, len(self._holders))
 
     async def _run(self) -> None:
         path = f"/api/v1/namespaces/{self.target.namespace}/pods"
@@ -231,9 +231,6 @@ class SliceWatch:
             listing = await self.target.kube.request("GET", path, query={"labelSelector": selector})
             self._holders.clear()
             for pod in listing.get("items") or []:
-                name = pod["metadata"]["name"]
-                if name not in self.grants and not gated(pod):
-                    self.grants.append(name)  # held before the watch began
                 self._see("ADDED", pod)
             self._ready.set()
             query = {"labelSelector": selector, "resourceVersion": listing["metadata"]["resourceVersion"],

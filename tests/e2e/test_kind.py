@@ -92,7 +92,7 @@ async def test_the_leader_pod_deleted_mid_queue_hands_over_in_order_and_grants_n
     kind_target: Target, release: Release
 ) -> None:
     target = kind_target
-    watch = SliceWatch(target, target.slices)
+    watch = SliceWatch(target)
     await watch.start()
     try:
         holders = await fill_pool(target, target.slices)
@@ -144,7 +144,7 @@ async def test_helm_upgrade_to_a_new_image_tag_fails_no_pod_creation_and_keeps_t
     new_tag = "e2e-next" if not image.endswith(":e2e-next") else "dev"  # run.sh loads both tags
     old_pods = set(await release.service_pods())
     holders = await fill_pool(target, target.slices)
-    watch = SliceWatch(target, target.slices)
+    watch = SliceWatch(target)
     await watch.start()
     spawner = Spawner(target, "rollout", every=0.4)
     spawner.start()
