@@ -69,11 +69,13 @@ class User:
         await self.page.click("form button[type=submit]")
 
     async def wait_for_lab(self, within: float) -> float:
-        """Until this user's page is JupyterLab with its launcher showing; seconds waited."""
+        """Until this user's page is JupyterLab with its launcher or, for a server started again
+        (JupyterLab restores the last workspace from the user's volume), a notebook showing;
+        seconds waited."""
         started = time.monotonic()
         await self.page.wait_for_url(re.compile(rf".*/user/{self.name}/lab.*"), timeout=within * 1000)
         left = max(1.0, within - (time.monotonic() - started))
-        await self.page.wait_for_selector(".jp-LauncherCard", timeout=left * 1000)
+        await self.page.wait_for_selector(".jp-LauncherCard, .jp-NotebookPanel", timeout=left * 1000)
         return time.monotonic() - started
 
     async def run_cell(self, code: str, within: float = 120) -> str:
