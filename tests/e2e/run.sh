@@ -2,7 +2,9 @@
 # The kind tier: gpu-queue as its users run it. The image, installed by its chart with its hooks,
 # in a kind cluster whose worker advertises nvidia.com/gpu: 8; then tests/e2e (the seed scenarios
 # of tests/scenarios.py, the leader's pod deleted, a helm upgrade to a new image tag, the Redis pod
-# deleted, the certificate hook re-run), each printing what it measured.
+# deleted, the certificate hook re-run) and the seed story with a real JupyterHub and JupyterLab in
+# headless Chromium (scripts/kind-hub.sh installs the hub; screenshots under the artifacts
+# directory), each printing what it measured.
 #
 #   tests/e2e/run.sh            build what is missing, create the cluster, install, test, delete it
 #   KEEP=1 tests/e2e/run.sh     leave the cluster up afterwards (a second run reuses it)
@@ -30,7 +32,7 @@ skip() {
 
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
   *) say "error: unknown argument: $1 (try --help)"; exit 2 ;;
 esac
 
