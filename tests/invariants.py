@@ -155,6 +155,11 @@ def _gpu_limit(pod: Mapping[str, Any]) -> int:
     return total
 
 
+# A pod overtaken inside its settle window by an early grant must be granted itself by the end of
+# that window, give or take a controller pass on a loaded machine.
+_OVERTAKEN_GRACE = timedelta(seconds=10)
+
+
 @dataclass
 class Track:
     """What the checker knows of one pool pod (by uid: a returning user's new pod is a new track)."""
@@ -506,6 +511,18 @@ class InvariantChecker:
                             "I2",
                             f"{b.name} granted at {b.admitted_at} before {a.name}, stamped {a.first_stamp} "
                             f"(> {self.settle_seconds}s earlier) but shown by the API server only after the grant",
+                        )
+                    )
+                elif a.first_stamp is not None and a.gone_seq is None and (
+                    (a.admitted_at or datetime.now(UTC)) > a.first_stamp + settle + _OVERTAKEN_GRACE
+                ):
+                    # B went early, inside A's settle window, while A was on its way: allowed only if a
+                    # slice was left for A, so A's own grant must not wait for a release.
+                    found.append(
+                        Violation(
+                            "I2",
+                            f"{b.name} granted at {b.admitted_at}, early, before {a.name} (stamped {a.first_stamp}, "
+                            f"shown after the grant), which then waited: granted at {a.admitted_at}",
                         )
                     )
         return found, pairs, undecidable

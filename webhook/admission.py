@@ -8,9 +8,11 @@ pass over its own output yields no patch (the API server may reinvoke it).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from webhook.config import Config, Profile
+from webhook.models import Admitted
 from webhook.placement import PlacementError, placement_patch
 from webhook.pods import (
     annotations_of,
@@ -28,7 +30,7 @@ from webhook.quantity import QuantityError, parse_quantity, same_quantity
 from webhook.review import AdmissionRequest, AdmissionReview, answer
 from webhook.review_parse import BadReview, outcome, parse_review
 
-__all__ = ["BadReview", "mutate", "notebook_index", "outcome", "parse_review", "validate"]
+__all__ = ["BadReview", "mutate", "notebook_index", "outcome", "parse_review", "queued_create", "validate"]
 
 Patch = list[dict[str, Any]]
 
@@ -55,9 +57,54 @@ def _request(review: AdmissionReview) -> AdmissionRequest:
 # --------------------------------------------------------------------------------------- mutate
 
 
-def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionReview:
+def queued_create(review: AdmissionReview, config: Config, now: datetime) -> tuple[str, Admitted] | None:
+    """(pool, note) for a create that ``mutate`` would gate and stamp: the note ``/mutate`` stores
+    before it takes the stamp, with ``since`` no later than any stamp the pod can get from a
+    mutate at ``now`` or after (a recent incoming stamp that mutate keeps is earlier). A
+    ``generateName`` pod has no name yet; its note matches no pod."""
+    req = review.request
+    pod = req.object if req is not None else None
+    if req is None or not req.is_pod or req.operation != "CREATE" or not isinstance(pod, dict):
+        return None
+    if not is_singleuser(pod, config):
+        return None
+    choice = choose_profile(pod, config)
+    if choice.resolution in (Resolution.DENIED, Resolution.ALLOWED) or choice.profile is None:
+        return None
+    pool_name = choice.profile.pool
+    if pool_name is None or pool_name not in config.pools:
+        return None
+    resource = config.pools[pool_name].resource
+    try:
+        amount = parse_quantity(choice.profile.limits.get(resource) or choice.profile.requests.get(resource) or 1)
+    except QuantityError:
+        amount = Decimal(1)
+    kept = _trusted_stamp(pod, config, now)
+    meta = pod.get("metadata")
+    name = req.name or (str(meta.get("name") or "") if isinstance(meta, dict) else "")
+    note = Admitted(
+        namespace=req.namespace or "",
+        name=name,
+        since=min(now, kept) if kept is not None else now,
+        slices=max(1, int(amount.to_integral_value(rounding=ROUND_CEILING))),
+    )
+    return pool_name, note
+
+
+def _trusted_stamp(pod: dict[str, Any], config: Config, now: datetime) -> datetime | None:
+    """The pod's incoming requested-at if mutate keeps it: recent, not far ahead (else replaced)."""
+    stamp = annotations_of(pod).get(config.requested_at_annotation)
+    when = parse_time(stamp) if stamp is not None else None
+    if when is None:
+        return None
+    earliest = now - timedelta(seconds=config.admission.requested_at_trust_seconds)
+    return when if earliest <= when <= now + _FUTURE_SKEW else None
+
+
+def mutate(review: AdmissionReview, config: Config, now: datetime, *, trust_stamp: bool = True) -> AdmissionReview:
     """Set the profile's resources and env on the notebook container and its node placement on the
-    pod (``webhook.placement``); gate and stamp pool pods."""
+    pod (``webhook.placement``); gate and stamp pool pods. ``trust_stamp=False``: replace even a
+    recent incoming requested-at (the caller could not note the pod, see ``webhook.server.admission``)."""
     req = _request(review)
     pod = req.object
     if not req.is_pod or req.operation != "CREATE" or not isinstance(pod, dict) or not is_singleuser(pod, config):
@@ -112,7 +159,7 @@ def mutate(review: AdmissionReview, config: Config, now: datetime) -> AdmissionR
                 ),
             )
         patch += _gate_patch(pod, config)
-        patch += _annotations_patch(pod, config, choice.profile.pool, now, warnings)
+        patch += _annotations_patch(pod, config, choice.profile.pool, now, warnings, trust_stamp)
     else:
         patch += _ungate_patch(pod, config)
     return answer(req, patch=patch, warnings=warnings)
@@ -229,13 +276,12 @@ def _ungate_patch(pod: dict[str, Any], config: Config) -> Patch:
     return patch
 
 
-def _annotations_patch(pod: dict[str, Any], config: Config, pool: str, now: datetime, warnings: list[str]) -> Patch:
+def _annotations_patch(
+    pod: dict[str, Any], config: Config, pool: str, now: datetime, warnings: list[str], trust_stamp: bool = True
+) -> Patch:
     annotations = annotations_of(pod)
     stamp = annotations.get(config.requested_at_annotation)
-    when = parse_time(stamp) if stamp is not None else None
-    trusted = when is not None and (
-        now - timedelta(seconds=config.admission.requested_at_trust_seconds) <= when <= now + _FUTURE_SKEW
-    )
+    trusted = trust_stamp and _trusted_stamp(pod, config, now) is not None
     wanted: dict[str, str] = {}
     if annotations.get(config.pool_annotation) != pool:
         wanted[config.pool_annotation] = pool

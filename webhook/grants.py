@@ -11,13 +11,14 @@ the pool's holders and other pods bound there or pending and able to land there 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 
 from webhook.cluster_view import NodeView, PodView
 from webhook.config import Pool
+from webhook.models import Admitted
 
 
 def pool_nodes(pool: Pool, nodes: Iterable[NodeView]) -> list[NodeView]:
@@ -146,3 +147,55 @@ def plan(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeVie
     return PoolPlan(
         pool=name, capacity=cap, in_use=used, queue=queue, holders=holders, grants=grants, slices_through=through
     )
+
+
+def unseen_ahead(head: PodView, admitted: Iterable[Admitted], seen: Container[str]) -> int:
+    """Slices of the pods ``/mutate`` is admitting (or just admitted) that the watch has not
+    delivered yet and that may have been stamped before ``head``: each may still arrive and must
+    find its slice if ``head`` goes first (I2). A note's ``since`` is no later than that pod's
+    requested-at, so one with ``since`` after ``head``'s stamp is behind it and does not count."""
+    if head.requested_at is None:
+        return 0
+    return sum(a.slices for a in admitted if a.key not in seen and a.since <= head.requested_at)
+
+
+def cannot_reorder(through: int, free: int, unseen: int) -> bool:
+    """Granting a head now, before its settle window ends, overtakes nobody when the slices
+    through it (``through``: its own and those of the heads granted before it) plus everything
+    that may still arrive ahead of it (``unseen``) fit in what is free."""
+    return through + unseen <= free
+
+
+def due_grants(
+    pool_plan: PoolPlan,
+    now: datetime,
+    settle: timedelta,
+    admitted: Sequence[Admitted] | None,
+    seen: Container[str],
+) -> tuple[list[PodView], datetime | None]:
+    """(the heads to ungate now, in order; when the first one held back may go, or None).
+
+    A head stamped less than ``settle`` ago may have a pod stamped a moment earlier that the watch
+    has not delivered yet (I2). It goes at once only when its own note is among ``admitted`` (its
+    replica writes notes: one that could not, or an older version, leaves the pod to the window)
+    and ``cannot_reorder`` says the unseen pods ahead of it still find their slices. ``admitted``
+    None: the notes cannot be read, every young head waits out its window; so does everyone behind
+    the first head that waits."""
+    free = pool_plan.capacity - pool_plan.in_use
+    due: list[PodView] = []
+    for index, head in enumerate(pool_plan.grants):
+        if head.requested_at is not None and now - head.requested_at < settle:
+            early = (
+                admitted is not None
+                and any(a.key == head.key for a in admitted)
+                and cannot_reorder(pool_plan.slices_through[index], free, unseen_ahead(head, admitted, seen))
+            )
+            if not early:
+                return due, head.requested_at + settle
+        due.append(head)
+    return due, None
+
+
+def young_heads(pool_plan: PoolPlan, now: datetime, settle: timedelta) -> bool:
+    """Whether any head the plan grants is inside its settle window (then the notes are needed)."""
+    return any(h.requested_at is not None and now - h.requested_at < settle for h in pool_plan.grants)

@@ -2,7 +2,8 @@
 
 Objects stay plain JSON (``dict``), not generated models: the queue reads a handful of fields and
 must pass the rest through untouched, and raw JSON is several times cheaper to decode at 5,000
-pods. Authentication, TLS and token refresh come from kubernetes_asyncio's configuration.
+pods. Authentication, TLS and token refresh come from kubernetes_asyncio's configuration, loaded
+without its generated models (``webhook.kube_lean``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
+
+from webhook.kube_lean import ApiClient, Configuration, k8s_config
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ class KubeError(Exception):
         self.body = body
 
 
-async def load_client(kubeconfig: Path | None) -> k8s.ApiClient:
+async def load_client(kubeconfig: Path | None) -> ApiClient:
     """An ApiClient from the kubeconfig file, else in-cluster, else ``~/.kube/config``."""
-    configuration = k8s.Configuration()
+    configuration = Configuration()
     if kubeconfig is not None:
         await k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     else:
@@ -45,7 +46,7 @@ async def load_client(kubeconfig: Path | None) -> k8s.ApiClient:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             await k8s_config.load_kube_config(client_configuration=configuration)
-    return k8s.ApiClient(configuration)
+    return ApiClient(configuration)
 
 
 class Kube:
@@ -53,7 +54,7 @@ class Kube:
 
     def __init__(
         self,
-        api: k8s.ApiClient,
+        api: ApiClient,
         *,
         timeout: float = 10.0,
         on_date: Callable[[float, float, str], None] | None = None,

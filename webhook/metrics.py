@@ -67,6 +67,19 @@ STUCK = Counter(
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
 )
+ADMISSION_NOTES_MISSED = Counter(
+    "admission_notes_missed_total",
+    "Pool pods /mutate could not note in Redis, so stamped orderSettleSeconds later (no early grant overtakes them)",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+EARLY_GRANTS = Counter(
+    "early_grants_total",
+    "Heads granted before their orderSettleSeconds ended, because no pod not seen yet could be overtaken",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
 LEADER = Gauge("leader", "1 while this replica holds the leader lease", namespace=_NS, registry=REGISTRY)
 CLOCK_OFFSET = Gauge(
     "clock_offset_seconds",

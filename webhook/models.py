@@ -79,6 +79,20 @@ class KeptPlace(_Wire):
     expires_at: datetime = Field(alias="expiresAt")
 
 
+class Admitted(_Wire):
+    """A pod of a pool that ``/mutate`` is admitting: written before its requested-at is stamped,
+    so the leader, seeing a later pod first, knows this one may still be on its way (I2)."""
+
+    namespace: str
+    name: str
+    since: datetime = Field(description="no later than the pod's requested-at")
+    slices: int = Field(1, ge=1)
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.namespace, self.name)
+
+
 class PositionState(StrEnum):
     QUEUED = "queued"
     ADMITTED = "admitted"

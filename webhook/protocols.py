@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from webhook.grants import PoolPlan
-from webhook.models import Holder, KeptPlace, QueueEntry
+from webhook.models import Admitted, Holder, KeptPlace, QueueEntry
 
 
 class StoreUnavailable(Exception):
@@ -67,6 +67,12 @@ class QueueStore(Protocol):
 
     async def kept_places(self, pool: str) -> list[KeptPlace]:
         """The pool's live kept places, earliest place first."""
+
+    async def note_admitted(self, pool: str, admitted: Admitted) -> None:
+        """Record a pod ``/mutate`` is admitting to the pool (kept about a minute)."""
+
+    async def admitted(self, pool: str, since: datetime) -> list[Admitted]:
+        """The pods noted with ``since`` at or after ``since``, oldest first."""
 
     async def ping(self) -> bool:
         """True when the store answers."""

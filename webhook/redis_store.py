@@ -17,6 +17,9 @@ Redis. Per pool:
                           ``find_user`` costs O(1) per pool instead of a scan.
 ``{p:pool}:waits``        list of observed waits in seconds (newest first, capped).
 ``{p:pool}:releases``     list of slice release times in epoch microseconds (newest first, capped).
+``{p:pool}:admitted``     sorted set: ``Admitted`` JSON by its ``since`` (epoch microseconds), the
+                          pods ``/mutate`` is admitting; entries older than ``ADMITTED_KEEP`` go on
+                          the next write. Only the leader's "no settle wait" decision reads it.
 ``{p}:pools``             set of pool names seen (``find_user`` walks it); outside the pools' slots
                           and written on its own, so it is a registry, not part of any invariant.
 
@@ -56,7 +59,7 @@ from redis.exceptions import RedisError
 from webhook import redis_scripts
 from webhook.config import Config
 from webhook.metrics import REDIS_ERRORS
-from webhook.models import Holder, KeptPlace, QueueEntry
+from webhook.models import Admitted, Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_scripts import entry_from, entry_json, from_micros, holder_from, holder_json, micros, user_field
 
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATS_CAP = 1000  # waits and release times kept per pool
+ADMITTED_KEEP = timedelta(seconds=60)  # far longer than any create takes to reach the watch
 
 
 def _text(value: str | bytes) -> str:
@@ -86,6 +90,7 @@ class _PoolKeys:
     by_user: str
     waits: str
     releases: str
+    admitted: str
 
 
 class RedisQueueStore:
@@ -164,6 +169,7 @@ class RedisQueueStore:
             by_user=f"{tag}:by-user",
             waits=f"{tag}:waits",
             releases=f"{tag}:releases",
+            admitted=f"{tag}:admitted",
         )
 
     @property
@@ -365,6 +371,26 @@ class RedisQueueStore:
             expires = from_micros(data["expires"])
             out.append(KeptPlace(user=user, server=server, requested_at=from_micros(data["score"]), expires_at=expires))
         return sorted(out, key=lambda t: (t.requested_at, t.user, t.server))
+
+    async def note_admitted(self, pool: str, admitted: Admitted) -> None:
+        """ZADD, and drop entries older than ADMITTED_KEEP, in one round trip."""
+        key = self._keys(pool).admitted
+        score = micros(admitted.since)
+        oldest = micros(admitted.since - ADMITTED_KEEP)
+
+        async def call() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {admitted.model_dump_json(by_alias=True): score})
+                pipe.zremrangebyscore(key, "-inf", f"({oldest}")
+                await pipe.execute()
+
+        await self._run("note_admitted", call)
+
+    async def admitted(self, pool: str, since: datetime) -> list[Admitted]:
+        """The pods noted since ``since``, oldest first."""
+        key = self._keys(pool).admitted
+        raw = await self._run("admitted", lambda: self._redis.zrangebyscore(key, micros(since), "+inf"))
+        return [Admitted.model_validate_json(_text(v)) for v in raw if isinstance(v, str | bytes)]
 
     async def ping(self) -> bool:
         """True when Redis answers within the timeout; False (counted) otherwise, never raises."""

@@ -25,7 +25,10 @@ from webhook.config import Config
 from webhook.controller import QueueController
 from webhook.grants import PoolPlan
 from webhook.kube import Kube, load_client
+from webhook.models import Admitted
+from webhook.protocols import QueueStore, StoreUnavailable
 from webhook.redis_store import RedisQueueStore
+from webhook.server.app import Parts
 from webhook.server.health import READINESS
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,32 @@ class ClusterProxy:
         await self.controller.set_requested_at(namespace, name, when)
 
 
-def build(config: Config, clock: ApiServerClock) -> tuple[list[Component], web.Application]:
-    """(components, API sub-app) for ``create_app``; the controller's API answers teach ``clock``."""
+class StoreNotes:
+    """``AdmissionNotes`` on the Redis store. A note has a short deadline, and a failed one rests
+    the notes for a few seconds, so a slow or dead Redis adds almost nothing to admissions (those
+    pods are stamped later instead: ``webhook.server.admission``)."""
+
+    def __init__(self, store: QueueStore, timeout: float = 0.25, rest: float = 5.0) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.rest = rest
+        self.resting_until = 0.0  # monotonic
+
+    async def note(self, pool: str, admitted: Admitted) -> bool:
+        if time.monotonic() < self.resting_until:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.store.note_admitted(pool, admitted)
+        except (StoreUnavailable, TimeoutError):
+            self.resting_until = time.monotonic() + self.rest
+            return False
+        return True
+
+
+def build(config: Config, clock: ApiServerClock) -> Parts:
+    """Components, API sub-app and admission notes for ``create_app``; the controller's API
+    answers teach ``clock``."""
     store = RedisQueueStore.from_config(config)
     cluster = ClusterProxy()
 
@@ -83,7 +110,8 @@ def build(config: Config, clock: ApiServerClock) -> tuple[list[Component], web.A
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    return [redis_store, queue_controller], create_api_app(config, store, cluster)
+    notes = StoreNotes(store, timeout=min(0.25, config.redis.timeout_seconds))
+    return Parts([redis_store, queue_controller], create_api_app(config, store, cluster), notes)
 
 
 class ControllerSupervisor:

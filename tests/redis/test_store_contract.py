@@ -20,7 +20,7 @@ from tests.helpers.clock import FakeClock
 from tests.helpers.queue_records import POOL, T0, entry, holder_for, queued_keys
 from tests.helpers.redis_server import RedisServer
 from tests.unit.fakes import MemoryQueueStore
-from webhook.models import Holder, QueueEntry, score_of
+from webhook.models import Admitted, Holder, QueueEntry, score_of
 from webhook.protocols import QueueStore
 from webhook.redis_store import STATS_CAP, RedisQueueStore
 
@@ -520,3 +520,33 @@ async def test_find_user_matches_the_user_name_exactly(store: QueueStore) -> Non
 
 async def test_ping_answers(store: QueueStore) -> None:
     assert await store.ping() is True
+
+
+# -- pods being admitted (the leader's "no settle wait" decision) ------------------------------
+
+
+def admitted(name: str, seconds: float, slices: int = 1) -> Admitted:
+    return Admitted(namespace="jhub", name=name, since=at(seconds), slices=slices)
+
+
+async def test_admitted_pods_come_back_oldest_first_from_since(store: QueueStore) -> None:
+    for name, seconds in [("b", 2.0), ("a", 1.0), ("c", 3.000001)]:
+        await store.note_admitted(POOL, admitted(name, seconds))
+    assert [a.name for a in await store.admitted(POOL, at(0))] == ["a", "b", "c"]
+    assert [a.name for a in await store.admitted(POOL, at(2.0))] == ["b", "c"]  # since is inclusive
+    assert await store.admitted(POOL, at(3.000002)) == []
+    assert await store.admitted("other-pool", at(0)) == []
+
+
+async def test_an_admitted_note_round_trips_exactly(store: QueueStore) -> None:
+    note = Admitted(namespace="ns-1", name="jupyter-iris", since=at(1.234567), slices=2)
+    await store.note_admitted(POOL, note)
+    assert await store.admitted(POOL, at(0)) == [note]
+
+
+async def test_the_same_note_twice_is_one_and_old_notes_go_on_the_next_write(store: QueueStore) -> None:
+    await store.note_admitted(POOL, admitted("a", 0.0))
+    await store.note_admitted(POOL, admitted("a", 0.0))
+    assert len(await store.admitted(POOL, at(-1))) == 1
+    await store.note_admitted(POOL, admitted("b", 61.0))  # a is more than a minute older: dropped
+    assert [a.name for a in await store.admitted(POOL, at(-1))] == ["b"]

@@ -21,9 +21,9 @@ from typing import TypeVar
 from webhook.cluster_view import PodView
 from webhook.config import Pool
 from webhook.grants import PoolPlan, plan
-from webhook.models import Holder, KeptPlace, QueueEntry
+from webhook.models import Admitted, Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
-from webhook.redis_store import STATS_CAP
+from webhook.redis_store import ADMITTED_KEEP, STATS_CAP
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,6 +54,7 @@ class _PoolState:
     tombstones: dict[tuple[str, str], _Tomb] = field(default_factory=dict)  # (user, server) -> place
     waits: list[float] = field(default_factory=list)  # newest first, capped
     releases: list[datetime] = field(default_factory=list)  # newest first, capped
+    admitted: list[Admitted] = field(default_factory=list)  # by since
 
     def ordered(self) -> list[QueueEntry]:
         return sorted(self.queue.values(), key=lambda e: (e.score, e.key))
@@ -223,6 +224,16 @@ class MemoryQueueStore:
             if t.expires_at > now
         ]
         return sorted(places, key=lambda p: (p.requested_at, p.user, p.server))
+
+    async def note_admitted(self, pool: str, admitted: Admitted) -> None:
+        state = self._pool(pool, "note_admitted", admitted)
+        state.admitted = sorted(
+            {a for a in [*state.admitted, admitted] if a.since >= admitted.since - ADMITTED_KEEP},
+            key=lambda a: (a.since, a.model_dump_json()),
+        )
+
+    async def admitted(self, pool: str, since: datetime) -> list[Admitted]:
+        return [a for a in self._pool(pool, "admitted", since).admitted if a.since >= since]
 
     async def ping(self) -> bool:
         return not self.down

@@ -342,3 +342,33 @@ def test_a_single_container_with_another_name_is_the_notebook_for_both_webhooks(
     assert parse_quantity(patched["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == 1
     verdict = run_validate(patched, config)
     assert verdict.response is not None and verdict.response.allowed, verdict.response
+
+
+def test_the_note_of_a_queued_create_is_no_later_than_any_stamp_it_can_get(config: Config) -> None:
+    """``queued_create``: the pool and the note /mutate stores before stamping (its ``since`` is
+    the earlier of now and a recent incoming stamp that mutate keeps; an old one is replaced)."""
+    from webhook.admission import queued_create
+
+    def note_of(pod: dict[str, Any]) -> Any:
+        return queued_create(parse_review(json.dumps(review_of(pod)).encode()), config, NOW)
+
+    pool, note = note_of(minimal_pod())
+    assert (pool, note.namespace, note.name, note.since, note.slices) == ("gpu", "jhub", "jupyter-x", NOW, 1)
+    kept = minimal_pod()
+    kept["metadata"]["annotations"] = {"gpu-queue.io/requested-at": "2026-11-28T15:59:50.000001Z"}
+    assert note_of(kept)[1].since == datetime(2026, 11, 28, 15, 59, 50, 1, tzinfo=UTC)
+    assert parse_time(run_mutate(kept, config)[1]["metadata"]["annotations"]["gpu-queue.io/requested-at"]) == (
+        note_of(kept)[1].since
+    )
+    old = minimal_pod()
+    old["metadata"]["annotations"] = {"gpu-queue.io/requested-at": "2026-11-28T15:00:00.000000Z"}
+    assert note_of(old)[1].since == NOW
+    cpu = minimal_pod()
+    cpu["metadata"]["labels"]["gpu-queue.io/profile"] = "cpu-only"
+    assert note_of(cpu) is None
+    assert (
+        queued_create(
+            parse_review(json.dumps(review_of(minimal_pod(), "UPDATE", old=minimal_pod())).encode()), config, NOW
+        )
+        is None
+    )

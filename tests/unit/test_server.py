@@ -222,8 +222,10 @@ async def test_ready_with_redis_and_api_unreachable_because_admission_does_not_n
 ) -> None:
     env = {"GPU_QUEUE_REDIS__URL": "redis://127.0.0.1:1/0", "GPU_QUEUE_KUBECONFIG": str(tmp_path / "missing")}
     config = load_config(None, env=env)
-    extra, api_app = server.build_components(config)
-    client = await aiohttp_client(server.create_app(config, components=extra, api_app=api_app))
+    parts = server.build_components(config)
+    client = await aiohttp_client(
+        server.create_app(config, components=parts.components, api_app=parts.api_app, notes=parts.notes)
+    )
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/mutate", json=review())).status == 200
 
@@ -347,8 +349,8 @@ async def test_serve_admits_over_tls_with_redis_and_api_unreachable_then_drains_
         await release.wait()
         return web.json_response({"done": True})
 
-    def build(config: Config, clock: ApiServerClock) -> tuple[list[server.Component], web.Application | None]:
-        extra, _ = real_build(config, clock)
+    def build(config: Config, clock: ApiServerClock) -> server.Parts:
+        parts = real_build(config, clock)
         api = web.Application()
         api.router.add_get("/slow", slow)
 
@@ -356,7 +358,7 @@ async def test_serve_admits_over_tls_with_redis_and_api_unreachable_then_drains_
             yield
             cleaned.append("cleanup")
 
-        return [*extra, marker], api
+        return server.Parts([*parts.components, marker], api, parts.notes)
 
     monkeypatch.setattr(server_app, "build_components", build)
     stop = asyncio.Event()
@@ -453,8 +455,10 @@ async def test_a_failed_controller_restarts_with_backoff_and_shows_in_readyz(
     }
     config = load_config(None, env=env)
     restarts_before = metrics.REGISTRY.get_sample_value("gpu_queue_controller_restarts_total") or 0.0
-    extra, api_app = server.build_components(config)
-    client = await aiohttp_client(server.create_app(config, components=extra, api_app=api_app))
+    parts = server.build_components(config)
+    client = await aiohttp_client(
+        server.create_app(config, components=parts.components, api_app=parts.api_app, notes=parts.notes)
+    )
 
     async def restarted() -> dict[str, Any] | None:
         resp = await client.get("/readyz")
@@ -488,3 +492,86 @@ async def test_mutate_stamps_arrival_on_the_api_servers_clock(aiohttp_client: Cl
     # The server read :20 somewhere between send and receive: the stamp is within that second
     # (corrected by the least the evidence demands), not at :50, the local clock's reading.
     assert "2026-11-30T00:53:20" <= stamps[0] <= "2026-11-30T00:53:21.1", stamps
+
+
+class RecordingNotes:
+    """``AdmissionNotes`` that records each note and the clock reading when it was stored."""
+
+    def __init__(self, clock: list[float], ok: bool = True) -> None:
+        self.clock = clock
+        self.ok = ok
+        self.stored: list[tuple[str, Any, float]] = []
+
+    async def note(self, pool: str, admitted: Any) -> bool:
+        self.clock[0] += 0.010  # storing it takes 10 ms
+        if self.ok:
+            self.stored.append((pool, admitted, self.clock[0]))
+        return self.ok
+
+
+def _stamp_of(answer: dict[str, Any]) -> str:
+    patch = json.loads(base64.b64decode(answer["response"]["patch"]))
+    for op in patch:
+        if op["path"].endswith("requested-at"):
+            return str(op["value"])
+        if isinstance(op.get("value"), dict) and "gpu-queue.io/requested-at" in op["value"]:
+            return str(op["value"]["gpu-queue.io/requested-at"])
+    raise AssertionError(f"no requested-at in {patch}")
+
+
+def _fake_clock(now: list[float]) -> ApiServerClock:
+    return ApiServerClock(wall=lambda: now[0])
+
+
+async def test_mutate_notes_a_gpu_pod_before_it_stamps_it_and_a_cpu_pod_not_at_all(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """The note's ``since`` is no later than the stamp, which is taken once the note is stored
+    (the leader's early grant relies on it: webhook.grants.due_grants)."""
+    now = [1_796_000_000.0]
+    notes = RecordingNotes(now)
+    client = await aiohttp_client(server.create_app(_config(), clock=_fake_clock(now), notes=notes))
+    stamp = _stamp_of(await (await client.post("/mutate", json=review())).json())
+    assert len(notes.stored) == 1
+    pool, admitted, stored_at = notes.stored[0]
+    assert (pool, admitted.namespace, admitted.name, admitted.slices) == ("gpu", "jhub", "jupyter-alice", 1)
+    assert admitted.since.timestamp() < stored_at
+    assert stamp == "2026-11-30T00:53:20.010000Z"  # the clock after the note was stored, not before
+    cpu = gpu_pod("jupyter-bob")
+    cpu["metadata"]["labels"]["gpu-queue.io/profile"] = "cpu-only"
+    assert (await client.post("/mutate", json=review(cpu))).status == 200
+    assert len(notes.stored) == 1
+
+
+async def test_a_pod_that_could_not_be_noted_is_stamped_a_settle_window_later(aiohttp_client: ClientFactory) -> None:
+    """So no early grant can overtake it; even a recent incoming stamp is replaced."""
+    now = [1_796_000_000.0]
+    notes = RecordingNotes(now, ok=False)
+    missed = metrics.REGISTRY.get_sample_value("gpu_queue_admission_notes_missed_total") or 0.0
+    client = await aiohttp_client(server.create_app(_config(), clock=_fake_clock(now), notes=notes))
+    pod = gpu_pod()
+    pod["metadata"]["annotations"]["gpu-queue.io/requested-at"] = "2026-11-30T00:53:19.000000Z"  # 1 s ago
+    answer = await (await client.post("/mutate", json=review(pod))).json()
+    assert answer["response"]["allowed"] is True
+    assert _stamp_of(answer) == "2026-11-30T00:53:21.010000Z"  # now + orderSettleSeconds (1 s)
+    assert metrics.REGISTRY.get_sample_value("gpu_queue_admission_notes_missed_total") == missed + 1
+
+
+async def test_store_notes_rest_after_a_failure_so_an_outage_adds_no_wait() -> None:
+    from tests.unit.fakes import MemoryQueueStore
+    from webhook.models import Admitted
+    from webhook.service import StoreNotes
+
+    store = MemoryQueueStore()
+    notes = StoreNotes(store, timeout=0.25, rest=60.0)
+    note = Admitted(namespace="jhub", name="jupyter-alice", since=store.clock())
+    assert await notes.note("gpu", note) is True
+    store.down = True
+    assert await notes.note("gpu", note) is False
+    store.down = False
+    calls = len(store.calls)
+    assert await notes.note("gpu", note) is False  # resting: Redis is not even asked
+    assert len(store.calls) == calls
+    notes.resting_until = 0.0
+    assert await notes.note("gpu", note) is True
+    assert [a.name for a in await store.admitted("gpu", note.since)] == ["jupyter-alice"]

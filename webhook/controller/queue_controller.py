@@ -33,8 +33,9 @@ from webhook.controller.positions import PositionEvents
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
-from webhook.grants import PoolPlan
+from webhook.grants import PoolPlan, due_grants, young_heads
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
+from webhook.models import Admitted
 from webhook.pods import format_time, pointer
 from webhook.protocols import QueueStore
 from webhook.records import entry_of, holder_of
@@ -305,22 +306,23 @@ class QueueController:
         )
 
     async def _grant(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
-        """Remove the gates of the heads the plan grants, in order, while this replica leads.
-
-        A head stamped less than ``orderSettleSeconds`` ago waits (and every head after it): a pod
-        stamped a moment earlier may not be in the cache yet, and must not be overtaken (I2).
+        """Remove the gates of the heads the plan grants, in order, while this replica leads: all
+        of them, or up to the first one inside its settle window that could overtake a pod not seen
+        yet (``webhook.grants.due_grants``; the admission notes are read only when one is young).
         """
         if not pool_plan.grants:
             return
         freed = self.cache.freed_at.get(name, time.monotonic())
         settle = timedelta(seconds=self.config.controller.order_settle_seconds)
-        for head in pool_plan.grants:
+        admitted = await self._admitted(name, now - settle) if young_heads(pool_plan, now, settle) else []
+        heads, wait_until = due_grants(pool_plan, now, settle, admitted, self.cache.pods)
+        if wait_until is not None:
+            self.next_due = min(self.next_due, time.monotonic() + (wait_until - now).total_seconds())
+        for head in heads:
             if not self.elector.is_leader():
                 return
             if head.requested_at is not None and now - head.requested_at < settle:
-                due = (head.requested_at + settle - now).total_seconds()
-                self.next_due = min(self.next_due, time.monotonic() + due)
-                return
+                metrics.EARLY_GRANTS.labels(name).inc()
             self.cache.freed_at.pop(name, None)
             granted = await ungate(self.writer, self.config, head, now)
             if granted is None:
@@ -341,6 +343,16 @@ class QueueController:
                 extra={"ctx": {"pool": name, "pod": head.key, "user": head.user, "waited_seconds": round(waited, 3)}},
             )
             self.event_writer.emit(head, "SliceGranted", f"GPU slice granted after {human(waited)}")
+
+    async def _admitted(self, name: str, window_start: datetime) -> list[Admitted] | None:
+        """The pool's admission notes that may belong to pods not seen yet; None when the store
+        cannot say (then nothing is granted early). A note is written before its pod's stamp is
+        taken, up to the store's timeout before it: the window reaches back that much further."""
+        store = self.breaker.store
+        if store is None or self.breaker.resting:
+            return None
+        since = window_start - timedelta(seconds=self.config.redis.timeout_seconds)
+        return await self.breaker.call("admitted", store.admitted(name, since))
 
     def _export(self, name: str, pool_plan: PoolPlan) -> None:
         metrics.PENDING.labels(name).set(len(pool_plan.queue))

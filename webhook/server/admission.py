@@ -2,20 +2,27 @@
 
 They are answered from the request and the configuration alone (the configuration is on the app
 under ``CONFIG``), so admission works while Redis or the Kubernetes API are down (invariant I4).
+One write is added for a pod of a pool when ``notes`` are given: before its requested-at is
+stamped, ``/mutate`` notes that it is admitting it, so the leader can grant a head at once without
+overtaking a pod stamped a moment earlier and not stored yet (I2; ``webhook.grants.unseen_ahead``).
+A note that cannot be written (Redis down or slow) costs nothing but time order: the pod is
+stamped ``orderSettleSeconds`` later, so no early grant can overtake it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from aiohttp import web
 
 from webhook import metrics
-from webhook.admission import BadReview, mutate, outcome, parse_review, validate
+from webhook.admission import BadReview, mutate, outcome, parse_review, queued_create, validate
 from webhook.config import Config
+from webhook.models import Admitted
 from webhook.review import AdmissionReview, answer
 from webhook.server.errors import Handler, error_response
 
@@ -23,7 +30,14 @@ log = logging.getLogger("gpu_queue.server")
 
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 
-Decide = Callable[[AdmissionReview, Config], AdmissionReview]
+Decide = Callable[[AdmissionReview, Config], Awaitable[AdmissionReview]]
+
+
+class AdmissionNotes(Protocol):
+    """Where ``/mutate`` notes the pool pods it admits (the Redis store, behind a breaker)."""
+
+    async def note(self, pool: str, admitted: Admitted) -> bool:
+        """True once stored; False, quickly, when it cannot be."""
 
 
 def _pod_name(review: AdmissionReview) -> str:
@@ -73,7 +87,7 @@ def _admission_handler(name: str, decide: Decide) -> Handler:
             assert review.request is not None
             req = review.request
             try:
-                response = decide(review, request.app[CONFIG])
+                response = await decide(review, request.app[CONFIG])
                 payload = response.to_json()
                 verdict = outcome(response)
             except Exception:
@@ -125,12 +139,27 @@ def _admission_handler(name: str, decide: Decide) -> Handler:
     return handle
 
 
-def add_admission_routes(app: web.Application, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+def add_admission_routes(
+    app: web.Application,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    notes: AdmissionNotes | None = None,
+) -> None:
     """``POST /mutate`` and ``POST /validate``; the app must hold ``CONFIG``. ``clock`` is what
     arrival is stamped on (the API server's clock as this replica estimates it)."""
 
-    def stamped_mutate(review: AdmissionReview, config: Config) -> AdmissionReview:
-        return mutate(review, config, clock())
+    async def stamped_mutate(review: AdmissionReview, config: Config) -> AdmissionReview:
+        queued = queued_create(review, config, clock()) if notes is not None else None
+        if queued is None or notes is None:
+            return mutate(review, config, clock())
+        pool, note = queued
+        if await notes.note(pool, note):
+            return mutate(review, config, clock())  # stamped after the note is stored
+        late = clock() + timedelta(seconds=config.controller.order_settle_seconds)
+        metrics.ADMISSION_NOTES_MISSED.inc()
+        return mutate(review, config, late, trust_stamp=False)
+
+    async def validate_review(review: AdmissionReview, config: Config) -> AdmissionReview:
+        return validate(review, config)
 
     app.router.add_post("/mutate", _admission_handler("mutate", stamped_mutate))
-    app.router.add_post("/validate", _admission_handler("validate", validate))
+    app.router.add_post("/validate", _admission_handler("validate", validate_review))

@@ -15,12 +15,13 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from webhook.clock import ApiServerClock
 from webhook.config import Config, ConfigError, load_config
-from webhook.server.admission import CONFIG, add_admission_routes
+from webhook.server.admission import CONFIG, AdmissionNotes, add_admission_routes
 from webhook.server.errors import json_errors
 from webhook.server.health import READINESS, Readiness, add_health_routes, create_metrics_app
 from webhook.server.tls import CertReloader, TlsError
@@ -30,19 +31,29 @@ log = logging.getLogger("gpu_queue.server")
 Component = Callable[[web.Application], AsyncIterator[None]]
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What ``build_components`` wires: cleanup_ctx components, the API sub-app, admission notes."""
+
+    components: list[Component] = field(default_factory=list)
+    api_app: web.Application | None = None
+    notes: AdmissionNotes | None = None
+
+
 def create_app(
     config: Config,
     *,
     components: Sequence[Component] = (),
     api_app: web.Application | None = None,
     clock: ApiServerClock | None = None,
+    notes: AdmissionNotes | None = None,
 ) -> web.Application:
     """The main (HTTPS) application: admission, health, metrics and, when given, the API."""
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     readiness = Readiness("startup")
     app[READINESS] = readiness
-    add_admission_routes(app, (clock or ApiServerClock()).now)
+    add_admission_routes(app, (clock or ApiServerClock()).now, notes)
     add_health_routes(app, readiness)
     if api_app is not None:
         app.add_subapp("/api/v1", api_app)
@@ -56,10 +67,9 @@ def create_app(
     return app
 
 
-def build_components(
-    config: Config, clock: ApiServerClock | None = None
-) -> tuple[list[Component], web.Application | None]:
-    """The parts that need Redis or the Kubernetes API: (cleanup_ctx components, API sub-app).
+def build_components(config: Config, clock: ApiServerClock | None = None) -> Parts:
+    """The parts that need Redis or the Kubernetes API: cleanup_ctx components, the API sub-app
+    and the admission notes (``webhook.server.admission``).
 
     This is the one place where the Redis store, the queue controller (leader election, watches,
     gate removal) and the queue API are wired into the server. Each component opens its resources
@@ -68,8 +78,7 @@ def build_components(
     """
     from webhook.service import build
 
-    components, api_app = build(config, clock or ApiServerClock())
-    return list(components), api_app
+    return build(config, clock or ApiServerClock())
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -77,8 +86,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     reloader = CertReloader(config.tls)
     reloader.load()
     clock = ApiServerClock()  # learnt by the controller's API calls, used by admission's stamps
-    extra, api_app = build_components(config, clock)
-    app = create_app(config, components=[reloader.component(), *extra], api_app=api_app, clock=clock)
+    parts = build_components(config, clock)
+    app = create_app(
+        config,
+        components=[reloader.component(), *parts.components],
+        api_app=parts.api_app,
+        clock=clock,
+        notes=parts.notes,
+    )
     readiness = app[READINESS]
     readiness.hold("listening")
 

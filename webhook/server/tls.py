@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from webhook import metrics
-from webhook.certs import not_after
+from webhook.cert_expiry import not_after
 from webhook.config import Tls
 
 log = logging.getLogger("gpu_queue.server")
