@@ -187,7 +187,9 @@ class Informer:
     """List, then watch from the list's resourceVersion; re-list on 410 Gone; back off on errors.
 
     Keeps the latest object of each key and calls ``on_change(kind, obj)`` (kind: ADDED, MODIFIED,
-    DELETED, or SYNC after each list with the whole set replaced) from the event loop.
+    DELETED, or SYNC after each list with the whole set replaced) from the event loop. A list hands
+    ``on_sync`` each object through ``keep`` as its page arrives (the pods' informer keeps only the
+    queue's view of a pod), so 5,000 pods are never held as raw JSON at once.
     """
 
     def __init__(
@@ -197,7 +199,8 @@ class Informer:
         *,
         name: str,
         on_change: Handler,
-        on_sync: Callable[[dict[str, Obj]], None],
+        on_sync: Callable[[dict[str, Any]], None],
+        keep: Callable[[Obj], Any] = lambda obj: obj,
         label_selector: str = "",
         field_selector: str = "",
         watch_seconds: int = 240,
@@ -207,6 +210,7 @@ class Informer:
         self.name = name
         self.on_change = on_change
         self.on_sync = on_sync
+        self.keep = keep
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.watch_seconds = watch_seconds
@@ -224,7 +228,7 @@ class Informer:
 
     async def list(self) -> str:
         """List everything (paged) and replace the cache; returns the resourceVersion to watch from."""
-        items: dict[str, Obj] = {}
+        items: dict[str, Any] = {}
         cont = ""
         while True:
             query = {**self._query(), "limit": 500}
@@ -232,8 +236,9 @@ class Informer:
                 query["continue"] = cont
             page = await self.kube.request("GET", self.path, query=query, request_timeout=60.0)
             for item in page.get("items") or []:
-                items[obj_key(item)] = item
+                items[obj_key(item)] = self.keep(item)
             cont = (page.get("metadata") or {}).get("continue") or ""
+            del page["items"]  # the raw page goes before the next one arrives
             if not cont:
                 version = str((page.get("metadata") or {}).get("resourceVersion", ""))
                 break

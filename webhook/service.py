@@ -28,12 +28,11 @@ from webhook.kube import Kube, load_client
 from webhook.models import Admitted
 from webhook.protocols import QueueStore, StoreUnavailable
 from webhook.redis_store import RedisQueueStore
-from webhook.server.app import Parts
 from webhook.server.health import READINESS
+from webhook.server.parts import Parts
 
 log = logging.getLogger(__name__)
 
-Component = Callable[[web.Application], AsyncIterator[None]]
 
 
 class ClusterProxy:

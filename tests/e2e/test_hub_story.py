@@ -10,16 +10,19 @@ into JupyterLab by itself; Alice queues again, and when Bob's idle server is cul
 culler at a test-sized timeout) Alice gets the slice. Screenshots of every step are kept (in
 ``$GPU_QUEUE_E2E_ARTIFACTS/hub-story``) and the times the users waited go into the tier's report.
 
-The eight GPU users start one after the other (each once the one before runs a cell): eight
-JupyterLab servers starting at once on a 2-core node took longer than the hub's http_timeout (30 s)
-to answer and the hub stopped three of them, which says nothing about the queue.
+The eight GPU users start one after the other (each once the one before has its pod running):
+eight JupyterLab servers starting at once on a 2-core node took longer than the hub's http_timeout
+(30 s) to answer and the hub stopped three of them, which says nothing about the queue; the kind
+overlay also gives KubeSpawner an http_timeout of 90 s for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -151,9 +154,9 @@ async def _story(
     await admin.login()
     idle: set[str] = set()
     async with keep_active(admin, idle):
-        # Eight GPU users log in, pick "GPU Enabled" and click Start, one after the other (each
-        # once the one before works in JupyterLab: eight servers starting at once on a 2-core node
-        # outran the hub's http_timeout of 30 s, and the hub stopped three of them).
+        # Eight GPU users log in, pick "GPU Enabled" and click Start, each once the one before
+        # has its pod running (eight JupyterLab servers booting at once on a 2-core node answer
+        # the hub too late, and it stops them); then each runs 1+1 in its JupyterLab.
         users = {name: await new_user(browser, name, hub_url, shots) for name in GPU_USERS}
         pages.update(users)
         started = time.monotonic()
@@ -163,7 +166,11 @@ async def _story(
             if i == 0:
                 await user.shot("01-options-page")
             await user.start("gpu-enabled")
-            await user.wait_for_lab(300)
+            await wait_for(functools.partial(_running, release, name), 180, f"{name}'s pod to run")
+        for name, user in users.items():
+            await user.page.wait_for_url(re.compile(rf".*/user/{name}/lab.*"), timeout=300_000)
+        for name, user in users.items():
+            await user.wait_for_lab(120)
             assert await user.run_cell("1+1") == "2", f"{name}'s kernel did not answer 1+1"
         figures["eight_labs_seconds"] = round(time.monotonic() - started, 1)
         await users["alice"].shot("02-gpu-user-jupyterlab")
@@ -251,6 +258,11 @@ async def _story(
         culled_others = [n for n in others if await _no_server(admin, n)]
         assert not culled_others, f"active users were culled: {culled_others}"
         await alice.shot("08-after-cull-jupyterlab")
+
+
+async def _running(release: Release, user: str) -> bool:
+    pod = await pod_of(release, user)
+    return pod is not None and pod["status"].get("phase") == "Running"
 
 
 async def _hand_over(release: Release, stopped: float) -> dict[str, float]:

@@ -44,13 +44,17 @@ class WatchCache:
             self.pods[key] = view
         self._changed()
 
+    def view_of(self, obj: Obj) -> PodView | None:
+        """What the cache keeps of a listed pod (the pod informer's ``keep``)."""
+        return pod_view(obj, self.config)
+
     def pods_synced(self, items: dict[str, Obj]) -> None:
-        """A fresh list replaces the cache; pods missing from it are gone."""
-        fresh: dict[str, PodView] = {}
-        for key, obj in items.items():
-            view = pod_view(obj, self.config)
-            if view is not None:
-                fresh[key] = view
+        """A fresh list of raw pods replaces the cache; pods missing from it are gone."""
+        self.pod_views_synced({key: pod_view(obj, self.config) for key, obj in items.items()})
+
+    def pod_views_synced(self, views: dict[str, PodView | None]) -> None:
+        """A fresh list, as views (None: not one of ours), replaces the cache."""
+        fresh = {key: view for key, view in views.items() if view is not None}
         self.gone.extend(view for key, view in self.pods.items() if key not in fresh)
         self.pods = fresh
         self._changed()

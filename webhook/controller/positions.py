@@ -2,7 +2,9 @@
 
 A new Event goes out when a pod's position changes, at most one per pod per
 ``eventMinIntervalSeconds``, so a queue of hundreds moving up by one does not flood the API
-server; stock KubeSpawner shows the newest on the spawn page.
+server; stock KubeSpawner shows the newest on the spawn page. Changes inside the interval are
+coalesced: the pod hears its newest position as soon as the interval allows (``tell`` returns
+when that is, and the controller wakes then), so the last Event is never a stale one.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class PositionEvents:
         """A new leader tells everyone afresh: it cannot know what the last one said."""
         self.posted.clear()
 
-    async def tell(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
-        """Queue an Event for each queued pod of the pool whose position changed."""
+    async def tell(self, name: str, pool_plan: PoolPlan, now: datetime) -> float | None:
+        """Queue an Event for each queued pod of the pool whose position changed; the monotonic
+        time the next held-back change may go out (None: nothing held back)."""
         if not pool_plan.queue:
-            return
+            return None
         release_times: list[datetime] = []
         store = self.breaker.store
         if store is not None:
@@ -50,10 +53,14 @@ class PositionEvents:
         length = len(pool_plan.queue)
         holders = [holder_of(h) for h in pool_plan.holders]
         todo: list[tuple[PodView, str]] = []
+        due: float | None = None
         for index, (view, slices) in enumerate(zip(pool_plan.queue, pool_plan.slices_through, strict=True)):
             position = index + 1
             last = self.posted.get(view.key)
-            if last is not None and (last[0] == position or clock - last[1] < interval):
+            if last is not None and last[0] == position:
+                continue
+            if last is not None and clock - last[1] < interval:
+                due = min(due if due is not None else float("inf"), last[1] + interval)  # the newest, then
                 continue
             eta = estimate(
                 slices=slices,
@@ -69,3 +76,4 @@ class PositionEvents:
             todo.append((view, message))
         for view, message in todo:
             self.events.emit(view, "Queued", message)
+        return due

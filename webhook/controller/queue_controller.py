@@ -80,17 +80,26 @@ class QueueController:
         self.stuck_heads = StuckHeads(config, self.writer, self.cache, self.event_writer)
         self.indexed: set[str] = set()  # queued keys the store has (as far as we know)
         self.last_rebuild = 0.0
-        self.next_due = float("inf")  # monotonic time a settling head becomes grantable
+        self.next_due = float("inf")  # monotonic: a settling head becomes grantable, or an Event may go
         self.pod_informer = Informer(
-            kube, "/api/v1/pods", name="pods", on_change=self.cache.pod_changed, on_sync=self._pods_synced
+            kube,
+            "/api/v1/pods",
+            name="pods",
+            on_change=self.cache.pod_changed,
+            on_sync=self._pod_views_synced,
+            keep=self.cache.view_of,
         )
         self.node_informer = Informer(
             kube, "/api/v1/nodes", name="nodes", on_change=self.cache.node_changed, on_sync=self._nodes_synced
         )
 
     def _pods_synced(self, items: dict[str, Obj]) -> None:
+        """A fresh pod list (raw): as ``_pod_views_synced``."""
+        self._pod_views_synced({key: self.cache.view_of(obj) for key, obj in items.items()})
+
+    def _pod_views_synced(self, views: dict[str, PodView | None]) -> None:
         """A fresh pod list: the cache takes it whole, and the index is rebuilt from it."""
-        self.cache.pods_synced(items)
+        self.cache.pod_views_synced(views)
         self.breaker.dirty = True
 
     def _nodes_synced(self, items: dict[str, Obj]) -> None:
@@ -234,7 +243,9 @@ class QueueController:
             await self._grant(name, pool_plan, now)
         plans = self.plans()
         for name, pool_plan in plans.items():
-            await self.positions.tell(name, pool_plan, now)
+            told_at = await self.positions.tell(name, pool_plan, now)
+            if told_at is not None:
+                self.next_due = min(self.next_due, told_at)
             await self.stuck_heads.check(name, pool_plan, now)
             self._export(name, pool_plan)
         if self.breaker.dirty or time.monotonic() - self.last_rebuild >= self.config.controller.reconcile_seconds:

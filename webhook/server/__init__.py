@@ -17,9 +17,10 @@ app factory and ``serve``). This module re-exports what the rest of the project 
 from __future__ import annotations
 
 from webhook.server.admission import CONFIG
-from webhook.server.app import Component, Parts, build_components, create_app, run_serve, serve
+from webhook.server.app import build_components, create_app, run_serve, serve
 from webhook.server.errors import Handler, json_errors
 from webhook.server.health import READINESS, Readiness, create_metrics_app, healthz, metrics_handler
+from webhook.server.parts import Component, Parts
 from webhook.server.tls import CertReloader, TlsError, make_ssl_context
 
 __all__ = [

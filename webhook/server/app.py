@@ -14,8 +14,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -24,20 +23,11 @@ from webhook.config import Config, ConfigError, load_config
 from webhook.server.admission import CONFIG, AdmissionNotes, add_admission_routes
 from webhook.server.errors import json_errors
 from webhook.server.health import READINESS, Readiness, add_health_routes, create_metrics_app
+from webhook.server.parts import Component, Parts
 from webhook.server.tls import CertReloader, TlsError
 
 log = logging.getLogger("gpu_queue.server")
 
-Component = Callable[[web.Application], AsyncIterator[None]]
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What ``build_components`` wires: cleanup_ctx components, the API sub-app, admission notes."""
-
-    components: list[Component] = field(default_factory=list)
-    api_app: web.Application | None = None
-    notes: AdmissionNotes | None = None
 
 
 def create_app(
