@@ -119,6 +119,11 @@ def inversions(pods: Sequence[tuple[int, int]]) -> int:
     return count
 
 
+def parse_stamp(value: str) -> datetime:
+    """An RFC 3339 time as the API server and gpu-queue write them (``Z`` or an offset)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def pairs(n: int) -> int:
     return n * (n - 1) // 2
 
@@ -289,6 +294,9 @@ class OrderResult(_Model):
     granted: int
     pairs: int
     inversions: int
+    stamp_inversions: int | None = Field(
+        None, description="gpu-queue only: against its own arrival stamp (requested-at, ties by name), I2"
+    )
     max_in_use: int
 
 
@@ -521,6 +529,8 @@ def kueue_config(shipped: Obj, ports: Mapping[str, int], cert_dir: Path) -> Obj:
     cfg["metrics"] = {"bindAddress": f"127.0.0.1:{ports['metrics']}"}
     cfg["webhook"] = {"host": "127.0.0.1", "port": ports["webhook"], "certDir": str(cert_dir)}
     cfg["internalCertManagement"] = {"enable": False}
+    # In a pod the Lease's namespace comes from the service account; out of one it must be named.
+    cfg["leaderElection"] = {**(cfg.get("leaderElection") or {}), "resourceNamespace": KUEUE_NAMESPACE}
     cfg["integrations"] = {"frameworks": ["pod"]}
     # The visibility API is an aggregated API server on 0.0.0.0 that needs an APIService: not here.
     cfg["featureGates"] = {**(cfg.get("featureGates") or {}), "VisibilityOnDemand": False}
@@ -611,6 +621,7 @@ class Seen:
     ungated_at: float | None = None
     terminating: bool = False
     deleted: bool = False
+    stamp: str | None = None
 
 
 @dataclass
@@ -620,6 +631,7 @@ class PodWatch:
 
     api: Api
     namespace: str
+    stamp_annotation: str | None = None
     pods: dict[str, Seen] = field(default_factory=dict)
     uid_of: dict[str, str] = field(default_factory=dict)
     created_rv: dict[str, int] = field(default_factory=dict)
@@ -689,6 +701,8 @@ class PodWatch:
         if not (pod.get("spec") or {}).get("schedulingGates") and seen.ungated_rv is None and not deleted:
             seen.ungated_rv, seen.ungated_at = rv, now
             self.grants.append(uid)
+        if self.stamp_annotation:
+            seen.stamp = (meta.get("annotations") or {}).get(self.stamp_annotation, seen.stamp)
         seen.terminating = seen.terminating or meta.get("deletionTimestamp") is not None
         seen.deleted = seen.deleted or deleted
         if seen.ungated_rv is not None and not seen.terminating and not seen.deleted:
@@ -1052,9 +1066,13 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def window(self, name: str) -> AsyncIterator[None]:
+        """A scenario's costs: from just before it to ``--tail`` seconds after (the same for both
+        systems: the work it set off, Kueue's remaining Workloads or gpu-queue's Events, lands there)."""
         say(f"{self.system.name}: {name}")
         before = await self.snapshot()
         yield
+        if not name.endswith("idle"):
+            await asyncio.sleep(self.opts.tail)
         after = await self.snapshot()
         self.result.costs[name] = self.cost(before, after)
         self._last = (before, after)
@@ -1119,6 +1137,8 @@ class Bench:
         await asyncio.sleep(2.0)
         if len(self.watch.holding) != SLICES:
             raise BenchError(f"{len(self.watch.holding)} pods hold a slice before the release cycles, not {SLICES}")
+        async with self.window("queued_idle"):  # 8 holders, the rest waiting, nothing happening
+            await asyncio.sleep(self.opts.idle)
         self.watch.max_in_use = len(self.watch.holding)
         in_order = 0
         async with self.window("release"):
@@ -1157,6 +1177,11 @@ class Bench:
                 await self.release_one()
                 await asyncio.sleep(0.2)
         keys = [(self.watch.created_rv[u], self.watch.pods[u].ungated_rv or 0) for u in uids]
+        seen = [self.watch.pods[u] for u in uids]
+        stamp_inversions = None
+        if all(s.stamp for s in seen):
+            ranked = {s.uid: i for i, s in enumerate(sorted(seen, key=lambda s: (parse_stamp(s.stamp or ""), s.name)))}
+            stamp_inversions = inversions([(ranked[s.uid], s.ungated_rv or 0) for s in seen])
         self.result.order.append(
             OrderResult(
                 mode=mode,
@@ -1164,6 +1189,7 @@ class Bench:
                 granted=sum(self.watch.pods[u].ungated_rv is not None for u in uids),
                 pairs=pairs(n),
                 inversions=inversions(keys),
+                stamp_inversions=stamp_inversions,
                 max_in_use=self.watch.max_in_use,
             )
         )
@@ -1279,6 +1305,7 @@ class Options(_Model):
     storm: int = 500
     in_flight: int = 50
     idle: float = 10.0
+    tail: float = 3.0
     timeout: float = 30.0
     max_minutes: float = 90.0
     systems: list[str] = Field(default_factory=lambda: list(SYSTEMS))
@@ -1306,7 +1333,13 @@ def _rmtree(path: Path) -> None:
 
 
 async def run_round(
-    name: str, r: int, position: int, opts: Options, templates: Mapping[str, Obj], manifests: Path
+    name: str,
+    r: int,
+    position: int,
+    opts: Options,
+    templates: Mapping[str, Obj],
+    manifests: Path,
+    stamp_annotation: str,
 ) -> tuple[RoundResult, str]:
     result = RoundResult(system=name, round=r, position=position)
     state = Path(tempfile.mkdtemp(prefix=f"gpu-queue-peer-{name}-"))
@@ -1325,7 +1358,7 @@ async def run_round(
             system.cluster.apiserver_url,
             client_ssl_context(pki / "cluster-ca.crt", pki / "admin.crt", pki / "admin.key"),
         )
-        watch = PodWatch(api, HUB_NAMESPACE)
+        watch = PodWatch(api, HUB_NAMESPACE, stamp_annotation=stamp_annotation)
         sampler: Sampler | None = None
         try:
             await system.setup(api, opts.timeout * 2)
@@ -1432,7 +1465,7 @@ def figures(rounds: Sequence[RoundResult]) -> dict[str, Comparison]:
     scalar("respawn_granted_rank", "place", lambda r: r.respawn.granted_rank if r.respawn else None)
     scalar("rss_idle", "MiB", lambda r: r.system_rss_idle_mib)
     scalar("rss_peak", "MiB", lambda r: r.system_rss_peak_mib)
-    for scenario in ("idle", "first8", "release", "order_paced", "order_concurrent", "respawn", "storm"):
+    for scenario in ("idle", "queued_idle", "first8", "release", "order_paced", "order_concurrent", "respawn", "storm"):
 
         def cpu(r: RoundResult, s: str = scenario) -> float | None:
             return r.costs[s].system_cpu_s
@@ -1488,7 +1521,9 @@ async def run(opts: Options) -> PeerResult:
         if time.monotonic() - started > opts.max_minutes * 60:
             result.notes.append(f"stopped before {name} round {r + 1}: past --max-minutes {opts.max_minutes}")
             break
-        round_result, version = await run_round(name, r, position, opts, templates, manifests)
+        round_result, version = await run_round(
+            name, r, position, opts, templates, manifests, config.requested_at_annotation
+        )
         result.rounds.append(round_result)
         result.kubernetes_version = result.kubernetes_version or version
     result.figures = figures(result.rounds)
@@ -1515,13 +1550,15 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--storm", type=int, help="creates in the storm (500)")
     parser.add_argument("--in-flight", type=int, help="storm creates in flight (50)")
     parser.add_argument("--idle", type=float, help="seconds of the idle window (10)")
+    parser.add_argument("--tail", type=float, help="seconds each scenario's window stays open after it (3)")
     parser.add_argument("--timeout", type=float, help="seconds any one wait may take (30)")
     parser.add_argument("--max-minutes", type=float, help="start no round after this (90)")
     parser.add_argument("--systems", help="comma-separated: gpu-queue,kueue (both)")
     parser.add_argument("--keep", action="store_true", help="keep each cluster's state directory and logs")
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for key in ("rounds", "cycles", "waiting", "order_pods", "storm", "in_flight", "idle", "timeout", "max_minutes"):
+    keys = ("rounds", "cycles", "waiting", "order_pods", "storm", "in_flight", "idle", "tail", "timeout", "max_minutes")
+    for key in keys:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.systems:

@@ -149,14 +149,14 @@ def plan(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeVie
     )
 
 
-def unseen_ahead(head: PodView, admitted: Iterable[Admitted], seen: Container[str]) -> int:
-    """Slices of the pods ``/mutate`` is admitting (or just admitted) that the watch has not
-    delivered yet and that may have been stamped before ``head``: each may still arrive and must
-    find its slice if ``head`` goes first (I2). A note's ``since`` is no later than that pod's
-    requested-at, so one with ``since`` after ``head``'s stamp is behind it and does not count."""
+def unseen_ahead(head: PodView, admitted: Iterable[Admitted], seen: Container[str]) -> list[Admitted]:
+    """The notes of pods ``/mutate`` admitted that the watch has not delivered yet and that may
+    have been stamped before ``head``: each may still arrive and must find its slice if ``head``
+    goes first (I2). A note's ``since`` is no later than that pod's requested-at, so one with
+    ``since`` after ``head``'s stamp is behind it."""
     if head.requested_at is None:
-        return 0
-    return sum(a.slices for a in admitted if a.key not in seen and a.since <= head.requested_at)
+        return []
+    return [a for a in admitted if a.key not in seen and a.since <= head.requested_at]
 
 
 def cannot_reorder(through: int, free: int, unseen: int) -> bool:
@@ -166,6 +166,11 @@ def cannot_reorder(through: int, free: int, unseen: int) -> bool:
     return through + unseen <= free
 
 
+# A noted pod whose create has not reached the watch this long after its note is taken as failed
+# (denied, or given up), so a lost create holds back grants for no longer than this.
+NOTE_LAG = timedelta(seconds=10)
+
+
 def due_grants(
     pool_plan: PoolPlan,
     now: datetime,
@@ -173,29 +178,26 @@ def due_grants(
     admitted: Sequence[Admitted] | None,
     seen: Container[str],
 ) -> tuple[list[PodView], datetime | None]:
-    """(the heads to ungate now, in order; when the first one held back may go, or None).
+    """(the heads to ungate now, in order; when to look again at the first one held back, or None).
 
-    A head stamped less than ``settle`` ago may have a pod stamped a moment earlier that the watch
-    has not delivered yet (I2). It goes at once only when its own note is among ``admitted`` (its
-    replica writes notes: one that could not, or an older version, leaves the pod to the window)
-    and ``cannot_reorder`` says the unseen pods ahead of it still find their slices. ``admitted``
-    None: the notes cannot be read, every young head waits out its window; so does everyone behind
-    the first head that waits."""
+    ``admitted``: the notes ``/mutate`` wrote before stamping (None: they cannot be read). No head
+    goes while a noted pod the watch has not delivered, stamped perhaps before it, would find no
+    slice left (``cannot_reorder``): it is on its way, however late (up to ``NOTE_LAG``). A head
+    stamped less than ``settle`` ago goes only with its own note among them (its replica writes
+    notes: one that could not, or an older version, stamps its pods a window later and leaves
+    them to the window); without notes, a young head waits out its window and an older one goes,
+    as without this check. Everyone behind the first head held back waits too."""
     free = pool_plan.capacity - pool_plan.in_use
+    fresh = None if admitted is None else [a for a in admitted if a.since >= now - NOTE_LAG]
     due: list[PodView] = []
     for index, head in enumerate(pool_plan.grants):
-        if head.requested_at is not None and now - head.requested_at < settle:
-            early = (
-                admitted is not None
-                and any(a.key == head.key for a in admitted)
-                and cannot_reorder(pool_plan.slices_through[index], free, unseen_ahead(head, admitted, seen))
-            )
-            if not early:
-                return due, head.requested_at + settle
+        young = head.requested_at is not None and now - head.requested_at < settle
+        if young and (fresh is None or not any(a.key == head.key for a in fresh)):
+            assert head.requested_at is not None
+            return due, head.requested_at + settle
+        if fresh is not None:
+            ahead = unseen_ahead(head, fresh, seen)
+            if not cannot_reorder(pool_plan.slices_through[index], free, sum(a.slices for a in ahead)):
+                return due, min(a.since for a in ahead) + NOTE_LAG  # by then it came, or is taken as lost
         due.append(head)
     return due, None
-
-
-def young_heads(pool_plan: PoolPlan, now: datetime, settle: timedelta) -> bool:
-    """Whether any head the plan grants is inside its settle window (then the notes are needed)."""
-    return any(h.requested_at is not None and now - h.requested_at < settle for h in pool_plan.grants)

@@ -5,7 +5,7 @@ Shared by the Redis store, the controller, the HTTP API and the CLI, so each ans
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -77,6 +77,10 @@ class KeptPlace(_Wire):
     server: str = ""
     requested_at: datetime = Field(alias="requestedAt", description="the place: the pod's requested-at")
     expires_at: datetime = Field(alias="expiresAt")
+
+
+# How long the store keeps an admission note: far longer than any create takes to reach the watch.
+ADMITTED_KEEP = timedelta(seconds=60)
 
 
 class Admitted(_Wire):

@@ -59,7 +59,7 @@ from redis.exceptions import RedisError
 from webhook import redis_scripts
 from webhook.config import Config
 from webhook.metrics import REDIS_ERRORS
-from webhook.models import Admitted, Holder, KeptPlace, QueueEntry
+from webhook.models import ADMITTED_KEEP, Admitted, Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_scripts import entry_from, entry_json, from_micros, holder_from, holder_json, micros, user_field
 
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATS_CAP = 1000  # waits and release times kept per pool
-ADMITTED_KEEP = timedelta(seconds=60)  # far longer than any create takes to reach the watch
 
 
 def _text(value: str | bytes) -> str:

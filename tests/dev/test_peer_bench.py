@@ -201,7 +201,8 @@ def test_kueue_config_changes_only_what_a_local_process_needs() -> None:
     assert cfg["webhook"] == {"host": "127.0.0.1", "port": 3, "certDir": "/certs"}
     assert cfg["internalCertManagement"] == {"enable": False}
     assert cfg["featureGates"]["VisibilityOnDemand"] is False
-    assert cfg["leaderElection"] == {"leaderElect": True} and cfg["clientConnection"] == shipped["clientConnection"]
+    assert cfg["leaderElection"] == {"leaderElect": True, "resourceNamespace": "kueue-system"}
+    assert cfg["clientConnection"] == shipped["clientConnection"]
     assert shipped["integrations"]["frameworks"] == ["batch/job", "pod", "deployment"]
 
 

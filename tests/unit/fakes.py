@@ -21,9 +21,9 @@ from typing import TypeVar
 from webhook.cluster_view import PodView
 from webhook.config import Pool
 from webhook.grants import PoolPlan, plan
-from webhook.models import Admitted, Holder, KeptPlace, QueueEntry
+from webhook.models import ADMITTED_KEEP, Admitted, Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
-from webhook.redis_store import ADMITTED_KEEP, STATS_CAP
+from webhook.redis_store import STATS_CAP
 
 T = TypeVar("T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -33,9 +33,9 @@ from webhook.controller.positions import PositionEvents
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
-from webhook.grants import PoolPlan, due_grants, young_heads
+from webhook.grants import PoolPlan, due_grants
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
-from webhook.models import Admitted
+from webhook.models import ADMITTED_KEEP, Admitted
 from webhook.pods import format_time, pointer
 from webhook.protocols import QueueStore
 from webhook.records import entry_of, holder_of
@@ -81,6 +81,9 @@ class QueueController:
         self.indexed: set[str] = set()  # queued keys the store has (as far as we know)
         self.last_rebuild = 0.0
         self.next_due = float("inf")  # monotonic: a settling head becomes grantable, or an Event may go
+        # Pods that left the cache lately (key -> monotonic): seen, so their admission notes are not
+        # taken for pods on their way (webhook.grants.due_grants).
+        self.left: dict[str, float] = {}
         self.pod_informer = Informer(
             kube,
             "/api/v1/pods",
@@ -256,6 +259,7 @@ class QueueController:
         """Pods that left: a queued one leaves a kept place (unless an admin removed it), a
         holder frees its slice, which the grants below hand on in this same pass."""
         for old in gone:
+            self.left[old.key] = time.monotonic()
             self.positions.forget(old.key)
             self.stuck_heads.forget(old.key)
             if old.pool is None:
@@ -318,15 +322,15 @@ class QueueController:
 
     async def _grant(self, name: str, pool_plan: PoolPlan, now: datetime) -> None:
         """Remove the gates of the heads the plan grants, in order, while this replica leads: all
-        of them, or up to the first one inside its settle window that could overtake a pod not seen
-        yet (``webhook.grants.due_grants``; the admission notes are read only when one is young).
+        of them, or up to the first one that could overtake a pod not seen yet
+        (``webhook.grants.due_grants``, from the admission notes read once per pass with grants).
         """
         if not pool_plan.grants:
             return
         freed = self.cache.freed_at.get(name, time.monotonic())
         settle = timedelta(seconds=self.config.controller.order_settle_seconds)
-        admitted = await self._admitted(name, now - settle) if young_heads(pool_plan, now, settle) else []
-        heads, wait_until = due_grants(pool_plan, now, settle, admitted, self.cache.pods)
+        admitted = await self._admitted(name, now)
+        heads, wait_until = due_grants(pool_plan, now, settle, admitted, _Seen(self.cache.pods, self.left))
         if wait_until is not None:
             self.next_due = min(self.next_due, time.monotonic() + (wait_until - now).total_seconds())
         for head in heads:
@@ -355,15 +359,17 @@ class QueueController:
             )
             self.event_writer.emit(head, "SliceGranted", f"GPU slice granted after {human(waited)}")
 
-    async def _admitted(self, name: str, window_start: datetime) -> list[Admitted] | None:
-        """The pool's admission notes that may belong to pods not seen yet; None when the store
-        cannot say (then nothing is granted early). A note is written before its pod's stamp is
-        taken, up to the store's timeout before it: the window reaches back that much further."""
+    async def _admitted(self, name: str, now: datetime) -> list[Admitted] | None:
+        """The pool's admission notes, all the store keeps (a pod whose create reached the watch
+        late is still on its way, however long ago it was noted); None when the store cannot say
+        (then nothing is granted early)."""
         store = self.breaker.store
         if store is None or self.breaker.resting:
             return None
-        since = window_start - timedelta(seconds=self.config.redis.timeout_seconds)
-        return await self.breaker.call("admitted", store.admitted(name, since))
+        cutoff = time.monotonic() - ADMITTED_KEEP.total_seconds()
+        for key in [k for k, at in self.left.items() if at < cutoff]:
+            del self.left[key]
+        return await self.breaker.call("admitted", store.admitted(name, now - ADMITTED_KEEP))
 
     def _export(self, name: str, pool_plan: PoolPlan) -> None:
         metrics.PENDING.labels(name).set(len(pool_plan.queue))
@@ -388,6 +394,17 @@ class QueueController:
             self.breaker.dirty = False
             self.indexed = {v.key for p in plans.values() for v in p.queue}
         self.last_rebuild = time.monotonic()
+
+
+class _Seen:
+    """Keys the watch delivered: in the cache now, or left it lately."""
+
+    def __init__(self, pods: Mapping[str, PodView], left: Mapping[str, float]) -> None:
+        self.pods = pods
+        self.left = left
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.pods or key in self.left
 
 
 async def _done(awaitable: Awaitable[None]) -> bool:
