@@ -819,8 +819,9 @@ class KueueSystem:
 
     name = "kueue"
 
-    def __init__(self, state: Path, template: Obj, manifests: Path) -> None:
+    def __init__(self, state: Path, template: Obj, manifests: Path, log_level: int = 2) -> None:
         self.cluster = DevCluster(state / "cluster", replicas=0, slices=SLICES, progress=_progress(self.name))
+        self.log_level = log_level
         self.dir = state / "kueue"
         self.template = template
         self.manifests = manifests
@@ -932,8 +933,8 @@ class KueueSystem:
         flags = (
             ["--mount", "--propagation", "private"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--mount"]
         )
-        # --zap-log-level=2 is what Kueue's manifests and Helm chart run it with.
-        kueue = [str(tool), f"--config={config}", "--zap-log-level=2"]
+        # 2 is what Kueue's manifests and Helm chart run it with (``--kueue-log-level``).
+        kueue = [str(tool), f"--config={config}", f"--zap-log-level={self.log_level}"]
         argv = [unshare, *flags, "sh", "-c", UNSHARE_SCRIPT, "kueue-etc", str(scratch), str(certs), *kueue]
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig), "HOME": str(self.dir)}
         proc = ManagedProcess("kueue", argv, self.cluster.log_path("kueue"), env=env, cwd=self.dir)
@@ -1064,15 +1065,30 @@ class Bench:
             writes_by_resource=writes,
         )
 
+    async def writes_now(self) -> float:
+        return sum(write_counts(parse_samples(await self.api.text("/metrics"), (REQUESTS,))).values())
+
+    async def quiet(self) -> None:
+        """Until the API server counts at most 3 writes in a second (Lease renewals, heartbeats): the
+        work a scenario set off (Kueue's remaining Workloads, gpu-queue's position Events) is done.
+        The same rule for both; CPU is no guide, Kueue's scheduler keeps busy while pods wait."""
+        deadline = time.monotonic() + self.opts.quiet_max
+        last = await self.writes_now()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = await self.writes_now()
+            if now - last <= 3:
+                return
+            last = now
+
     @contextlib.asynccontextmanager
     async def window(self, name: str) -> AsyncIterator[None]:
-        """A scenario's costs: from just before it to ``--tail`` seconds after (the same for both
-        systems: the work it set off, Kueue's remaining Workloads or gpu-queue's Events, lands there)."""
+        """A scenario's costs: from just before it until the API server is quiet again."""
         say(f"{self.system.name}: {name}")
         before = await self.snapshot()
         yield
         if not name.endswith("idle"):
-            await asyncio.sleep(self.opts.tail)
+            await self.quiet()
         after = await self.snapshot()
         self.result.costs[name] = self.cost(before, after)
         self._last = (before, after)
@@ -1305,11 +1321,12 @@ class Options(_Model):
     storm: int = 500
     in_flight: int = 50
     idle: float = 10.0
-    tail: float = 3.0
+    quiet_max: float = 60.0
     timeout: float = 30.0
     max_minutes: float = 90.0
     systems: list[str] = Field(default_factory=lambda: list(SYSTEMS))
     keep: bool = False
+    kueue_log_level: int = 2
 
 
 QUICK = {"rounds": 1, "cycles": 8, "waiting": 8, "order_pods": 12, "storm": 100, "in_flight": 20, "idle": 3.0}
@@ -1346,7 +1363,7 @@ async def run_round(
     system: System = (
         GpuQueueSystem(state, templates[name])
         if name == "gpu-queue"
-        else KueueSystem(state, templates[name], manifests)
+        else KueueSystem(state, templates[name], manifests, opts.kueue_log_level)
     )
     version = ""
     try:
@@ -1550,14 +1567,18 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--storm", type=int, help="creates in the storm (500)")
     parser.add_argument("--in-flight", type=int, help="storm creates in flight (50)")
     parser.add_argument("--idle", type=float, help="seconds of the idle window (10)")
-    parser.add_argument("--tail", type=float, help="seconds each scenario's window stays open after it (3)")
+    parser.add_argument("--quiet-max", type=float, help="seconds a scenario's window waits for writes to stop (60)")
     parser.add_argument("--timeout", type=float, help="seconds any one wait may take (30)")
     parser.add_argument("--max-minutes", type=float, help="start no round after this (90)")
     parser.add_argument("--systems", help="comma-separated: gpu-queue,kueue (both)")
+    parser.add_argument("--kueue-log-level", type=int, help="Kueue's --zap-log-level (2, as it ships)")
     parser.add_argument("--keep", action="store_true", help="keep each cluster's state directory and logs")
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    keys = ("rounds", "cycles", "waiting", "order_pods", "storm", "in_flight", "idle", "tail", "timeout", "max_minutes")
+    keys = (
+        *("rounds", "cycles", "waiting", "order_pods", "storm", "in_flight"),
+        *("idle", "quiet_max", "timeout", "max_minutes", "kueue_log_level"),
+    )
     for key in keys:
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)

@@ -51,6 +51,11 @@ def test_ties_are_not_inversions() -> None:
     assert peer.inversions([(1, 7), (2, 7), (2, 3)]) == 1
 
 
+def test_arrival_stamps_order_by_time_whatever_the_zone_spelling() -> None:
+    early, late = peer.parse_stamp("2026-12-01T21:00:00.000002Z"), peer.parse_stamp("2026-12-01T22:00:00.000001+01:00")
+    assert late < early
+
+
 # ------------------------------------------------------------------------------ percentiles and ratios
 
 
