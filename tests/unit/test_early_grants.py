@@ -19,6 +19,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.pod_views import queued_view
 from webhook.cluster_view import NodeView, PodView
 from webhook.config import load_config
 from webhook.grants import NOTE_LAG, due_grants, plan, unseen_ahead
@@ -35,14 +36,7 @@ def node(slices: int) -> NodeView:
 
 
 def queued(name: str, seconds: float, slices: int = 1) -> PodView:
-    return PodView(
-        namespace="jhub",
-        name=name,
-        pool="gpu",
-        gated=True,
-        requested_at=T0 + timedelta(seconds=seconds),
-        resources={"nvidia.com/gpu": Decimal(slices)},
-    )
+    return queued_view(name, T0 + timedelta(seconds=seconds), slices)
 
 
 def note(name: str, seconds: float, slices: int = 1) -> Admitted:

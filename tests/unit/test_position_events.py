@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.pod_views import queued_view
 from webhook.cluster_view import NodeView, PodView
 from webhook.config import load_config
 from webhook.controller import positions as positions_module
@@ -32,15 +33,8 @@ class Said:
         self.messages.append((view.name, message.split(",")[0]))
 
 
-def queued(name: str, seconds: float) -> PodView:
-    return PodView(
-        namespace="jhub",
-        name=name,
-        pool="gpu",
-        gated=True,
-        requested_at=T0 + timedelta(seconds=seconds),
-        resources={"nvidia.com/gpu": Decimal(1)},
-    )
+def queued(name: str, seconds: float, slices: int = 1) -> PodView:
+    return queued_view(name, T0 + timedelta(seconds=seconds), slices)
 
 
 async def test_changes_inside_the_interval_are_coalesced_and_sent_when_it_ends(monkeypatch: pytest.MonkeyPatch) -> None:
