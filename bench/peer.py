@@ -20,8 +20,10 @@ Scenarios, per system and round: idle, first 8 (create -> ungated with a free sl
 (delete a holder -> the next pod ungated, ``--cycles`` times with ``--waiting`` or more waiting),
 order (``--order-pods`` creates 100 ms apart, then at once: inversions among granted pairs),
 re-spawn (a queued user deletes and re-creates their pod), storm (``--storm`` creates,
-``--in-flight`` at a time: the API server's own webhook latency). Through all of it: the systems'
-RSS and CPU seconds (from /proc) and the API server's write counter.
+``--in-flight`` at a time: the API server's own webhook latency), with an idle window before and
+one with pods waiting. Through all of it: the systems' RSS, their CPU seconds per scenario (from
+/proc) and the API server's write counter, each scenario's window closing once the API server is
+quiet again (the same rule for both: the work a scenario set off is in its window).
 
     python bench/peer.py [--quick] [--rounds 2] [--cycles 20] [--storm 500] ...
 
@@ -819,7 +821,7 @@ class KueueSystem:
 
     name = "kueue"
 
-    def __init__(self, state: Path, template: Obj, manifests: Path, log_level: int = 2) -> None:
+    def __init__(self, state: Path, template: Obj, manifests: Path, log_level: str = "2") -> None:
         self.cluster = DevCluster(state / "cluster", replicas=0, slices=SLICES, progress=_progress(self.name))
         self.log_level = log_level
         self.dir = state / "kueue"
@@ -1326,7 +1328,7 @@ class Options(_Model):
     max_minutes: float = 90.0
     systems: list[str] = Field(default_factory=lambda: list(SYSTEMS))
     keep: bool = False
-    kueue_log_level: int = 2
+    kueue_log_level: str = "2"
 
 
 QUICK = {"rounds": 1, "cycles": 8, "waiting": 8, "order_pods": 12, "storm": 100, "in_flight": 20, "idle": 3.0}
@@ -1571,7 +1573,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--timeout", type=float, help="seconds any one wait may take (30)")
     parser.add_argument("--max-minutes", type=float, help="start no round after this (90)")
     parser.add_argument("--systems", help="comma-separated: gpu-queue,kueue (both)")
-    parser.add_argument("--kueue-log-level", type=int, help="Kueue's --zap-log-level (2, as it ships)")
+    parser.add_argument("--kueue-log-level", help="Kueue's --zap-log-level: info or 1, 2, ... (2, as it ships)")
     parser.add_argument("--keep", action="store_true", help="keep each cluster's state directory and logs")
     args = parser.parse_args(argv)
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
