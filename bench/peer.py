@@ -68,6 +68,8 @@ from gpu_queue_dev.cluster.service import DEV_CONFIG_DEFAULTS
 from gpu_queue_dev.cluster.state import write_file
 from gpu_queue_dev.spawnerpods import pod_manifest
 from gpu_queue_dev.tools import cache_dir, find_tool
+from tests.invariants import Buckets
+from tests.invariants import quantile as histogram_quantile
 from webhook.admission import mutate, parse_review
 from webhook.certs import make_ca, make_serving_cert
 from webhook.config import Config, default_config_text, load_config
@@ -140,29 +142,6 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 def mean(values: Iterable[float | None]) -> float | None:
     got = [v for v in values if v is not None and not math.isnan(v)]
     return round(sum(got) / len(got), 3) if got else None
-
-
-Buckets = dict[float, float]  # upper bound -> cumulative count
-
-
-def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
-    """PromQL's ``histogram_quantile``: linear within the bucket, the largest finite bound when the
-    rank falls in +Inf, NaN without observations."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return math.nan
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            if count == below:
-                return bound
-            return lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return lower
 
 
 class Sample(NamedTuple):
