@@ -8,10 +8,11 @@ pass over its own output yields no patch (the API server may reinvoke it).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any
 
 from webhook.config import Config, Profile
+from webhook.grants import slices_in
 from webhook.models import Admitted
 from webhook.placement import PlacementError, placement_patch
 from webhook.pods import (
@@ -86,7 +87,7 @@ def queued_create(review: AdmissionReview, config: Config, now: datetime) -> tup
         namespace=req.namespace or "",
         name=name,
         since=min(now, kept) if kept is not None else now,
-        slices=max(1, int(amount.to_integral_value(rounding=ROUND_CEILING))),
+        slices=slices_in(amount),
     )
     return pool_name, note
 

@@ -51,11 +51,15 @@ def capacity(pool: Pool, nodes: Iterable[NodeView]) -> int:
     return int(total)
 
 
-def slices_of(pod: PodView, pool: Pool) -> int:
-    """Slices one of the pool's pods takes: its request of the pool's resource, at least one
-    (a profile may ask for ``nvidia.com/gpu: 2``; a fractional amount rounds up)."""
-    amount = pod.resources.get(pool.resource, Decimal(0))
+def slices_in(amount: Decimal) -> int:
+    """Slices an amount of the pool's resource takes: at least one, a fraction rounds up."""
     return max(1, int(amount.to_integral_value(rounding=ROUND_CEILING)))
+
+
+def slices_of(pod: PodView, pool: Pool) -> int:
+    """Slices one of the pool's pods takes: its request of the pool's resource (a profile may ask
+    for ``nvidia.com/gpu: 2``), as ``slices_in``."""
+    return slices_in(pod.resources.get(pool.resource, Decimal(0)))
 
 
 def competes(pod: PodView, pool: Pool, nodes: Iterable[NodeView]) -> bool:

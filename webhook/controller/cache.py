@@ -48,10 +48,6 @@ class WatchCache:
         """What the cache keeps of a listed pod (the pod informer's ``keep``)."""
         return pod_view(obj, self.config)
 
-    def pods_synced(self, items: dict[str, Obj]) -> None:
-        """A fresh list of raw pods replaces the cache; pods missing from it are gone."""
-        self.pod_views_synced({key: pod_view(obj, self.config) for key, obj in items.items()})
-
     def pod_views_synced(self, views: dict[str, PodView | None]) -> None:
         """A fresh list, as views (None: not one of ours), replaces the cache."""
         fresh = {key: view for key, view in views.items() if view is not None}

@@ -33,9 +33,9 @@ from webhook.controller.positions import PositionEvents
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
-from webhook.grants import PoolPlan, due_grants
+from webhook.grants import NOTE_LAG, PoolPlan, due_grants
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
-from webhook.models import ADMITTED_KEEP, Admitted
+from webhook.models import Admitted
 from webhook.pods import format_time, pointer
 from webhook.protocols import QueueStore
 from webhook.records import entry_of, holder_of
@@ -360,16 +360,17 @@ class QueueController:
             self.event_writer.emit(head, "SliceGranted", f"GPU slice granted after {human(waited)}")
 
     async def _admitted(self, name: str, now: datetime) -> list[Admitted] | None:
-        """The pool's admission notes, all the store keeps (a pod whose create reached the watch
-        late is still on its way, however long ago it was noted); None when the store cannot say
-        (then nothing is granted early)."""
+        """The pool's admission notes of the last ``NOTE_LAG`` (a pod whose create reached the
+        watch late is still on its way; an older note is taken as lost); None when the store
+        cannot say (then nothing is granted early). ``left`` keeps as long: a pod that left the
+        cache was seen after its note was written, so an older departure matches no read note."""
         store = self.breaker.store
         if store is None or self.breaker.resting:
             return None
-        cutoff = time.monotonic() - ADMITTED_KEEP.total_seconds()
+        cutoff = time.monotonic() - NOTE_LAG.total_seconds()
         for key in [k for k, at in self.left.items() if at < cutoff]:
             del self.left[key]
-        return await self.breaker.call("admitted", store.admitted(name, now - ADMITTED_KEEP))
+        return await self.breaker.call("admitted", store.admitted(name, now - NOTE_LAG))
 
     def _export(self, name: str, pool_plan: PoolPlan) -> None:
         metrics.PENDING.labels(name).set(len(pool_plan.queue))
