@@ -126,7 +126,14 @@ async def test_the_leader_pod_deleted_mid_queue_hands_over_in_order_and_grants_n
     assert watch.most <= target.slices, f"{watch.most} slices in use at once, capacity {target.slices}"
     granted_waiters = [n for n in watch.grants if n in waiters]
     assert granted_waiters == waiters, f"grants out of arrival order: {granted_waiters}"
-    twice = {n: c for n in waiters if (c := await granted_events(target, n)) != 1}
+
+    async def each_told() -> dict[str, int] | None:
+        """Events are posted after the grant, off its path: wait until each waiter has one."""
+        counts = {n: await granted_events(target, n) for n in waiters}
+        return counts if all(counts.values()) else None
+
+    counts = await wait_for(each_told, 10, "a 'GPU slice granted' Event on every waiter", interval=0.25)
+    twice = {n: c for n, c in counts.items() if c != 1}
     assert not twice, f"'GPU slice granted' Events per waiter (want 1 each): {twice}"
     report(
         "leader pod deleted",
