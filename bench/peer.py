@@ -332,6 +332,9 @@ class RoundResult(_Model):
     startup_s: float | None = None
     first8_ms: list[float] = Field(default_factory=list)
     release_ms: list[float] = Field(default_factory=list)
+    release_reaction_ms: list[float] = Field(
+        default_factory=list, description="the freed holder's DELETED event -> the next head ungated"
+    )
     release_in_order: int | None = None
     release_max_in_use: int | None = None
     order: list[OrderResult] = Field(default_factory=list)
@@ -602,6 +605,7 @@ class Seen:
     ungated_at: float | None = None
     terminating: bool = False
     deleted: bool = False
+    gone_at: float | None = None  # the receipt time of its DELETED event
     stamp: str | None = None
 
 
@@ -685,6 +689,8 @@ class PodWatch:
         if self.stamp_annotation:
             seen.stamp = (meta.get("annotations") or {}).get(self.stamp_annotation, seen.stamp)
         seen.terminating = seen.terminating or meta.get("deletionTimestamp") is not None
+        if deleted and not seen.deleted:
+            seen.gone_at = now
         seen.deleted = seen.deleted or deleted
         if seen.ungated_rv is not None and not seen.terminating and not seen.deleted:
             self.holding.add(uid)
@@ -1092,17 +1098,21 @@ class Bench:
             await self.watch.wait_empty(self.opts.timeout * 4)
         await self.system.drained(self.api, self.opts.timeout * 4)
 
-    async def release_one(self) -> tuple[str, float]:
-        """Delete the longest holder; the next grant (uid) and the seconds it took."""
+    async def release_one(self) -> tuple[str, float, float]:
+        """Delete the longest holder; the next grant (uid), the seconds from the delete call to
+        it, and the seconds from the holder's DELETED event (as a watch sees it) to it: the part
+        of the wait that is the system's own, not the API server's delete."""
         holders = self.watch.holders()
         if not holders:
             raise BenchError("nothing holds a slice, so nothing can be released")
         before = len(self.watch.grants)
+        victim = holders[0]
         started = time.perf_counter()
-        await self.delete(holders[0].name)
+        await self.delete(victim.name)
         await self.watch.wait_grants(before + 1, self.opts.timeout)
         uid = self.watch.grants[before]
-        return uid, (self.watch.pods[uid].ungated_at or math.nan) - started
+        ungated = self.watch.pods[uid].ungated_at or math.nan
+        return uid, ungated - started, ungated - (victim.gone_at or math.nan)
 
     # ---- scenarios
 
@@ -1141,8 +1151,10 @@ class Bench:
         async with self.window("release"):
             for _ in range(self.opts.cycles):
                 head = self.watch.waiting()[0].uid
-                uid, seconds = await self.release_one()
+                uid, seconds, reaction = await self.release_one()
                 self.result.release_ms.append(round(seconds * 1000, 1))
+                if math.isfinite(reaction):
+                    self.result.release_reaction_ms.append(round(reaction * 1000, 1))
                 in_order += uid == head
                 await asyncio.sleep(0.3)
         self.result.release_in_order = in_order
@@ -1446,6 +1458,7 @@ def figures(rounds: Sequence[RoundResult]) -> dict[str, Comparison]:
 
     dist("first8_create_to_ungated", lambda r: r.first8_ms, (0.5, 0.95))
     dist("release_to_next_ungated", lambda r: r.release_ms, (0.5, 0.95, 0.99))
+    dist("release_event_to_next_ungated", lambda r: r.release_reaction_ms, (0.5, 0.95, 0.99))
     scalar("release_granted_the_earliest_waiter", "cycles", lambda r: r.release_in_order, better="higher")
     for mode in ("paced", "concurrent"):
 

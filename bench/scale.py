@@ -49,6 +49,7 @@ from collections.abc import Awaitable, Callable  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, cast  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
@@ -59,6 +60,7 @@ from webhook.admission import mutate, parse_review  # noqa: E402
 from webhook.api import create_api_app  # noqa: E402
 from webhook.config import Config, load_config  # noqa: E402
 from webhook.controller import QueueController  # noqa: E402
+from webhook.election import LeaderElector  # noqa: E402
 from webhook.grants import PoolPlan  # noqa: E402
 from webhook.kube import Kube  # noqa: E402
 from webhook.models import QueueEntry  # noqa: E402
@@ -240,9 +242,13 @@ def _decode(pages: list[bytes]) -> dict[str, dict[str, Any]]:
 
 
 def _controller(config: Config, store: RedisQueueStore | None) -> QueueController:
-    # Never used for a request here: the leader pass below grants nothing (the pool is full) and
-    # queues its Events for writers that are not running.
-    return QueueController(config, cast(Kube, object()), store, identity="bench")
+    """A controller that leads (its store writes go through) with no API server behind it: the
+    leader pass below grants nothing (the pool is full) and queues its Events for writers that are
+    not running. The fence and the store breaker bind ``is_leader`` when they are made."""
+    with mock.patch.object(LeaderElector, "is_leader", lambda self: True):
+        controller = QueueController(config, Kube(cast(Any, None)), store, identity="bench")
+    controller.elector.is_leader = lambda: True  # type: ignore[method-assign]
+    return controller
 
 
 async def _timed(call: Callable[[], Awaitable[Any]] | Callable[[], Any], repeat: int = 1) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 from webhook.config import Config
 from webhook.models import pod_key, score_of
 from webhook.node_fit import NodeConstraints, Taint, constraints_of, taints_of
-from webhook.pods import annotations_of, has_gate, is_singleuser, labels_of, parse_time, scheduling_gates
+from webhook.pods import annotations_of, gate_index, is_singleuser, labels_of, parse_time, scheduling_gates
 from webhook.quantity import QuantityError, parse_quantity
 from webhook.starting import NO_STATUS, StartState, start_state
 
@@ -32,6 +32,9 @@ class PodView:
     resource_version: str = ""
     pool: str | None = None  # set for pods of one of our pools (the pool annotation)
     gated: bool = False  # our scheduling gate is present
+    # Where our gate is in spec.schedulingGates at resource_version: the grant's patch removes it
+    # from this view, without reading the pod again (a stale view fails the patch's test op).
+    gate_index: int | None = None
     requested_at: datetime | None = None
     granted_at: datetime | None = None
     user: str = ""
@@ -115,13 +118,15 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions if isinstance(c, dict))
     node = str(spec.get("nodeName") or "")
     pending = pool is None and not node
+    ours_at = gate_index(dict(pod), config)
     return PodView(
         namespace=namespace,
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
         resource_version=str(meta.get("resourceVersion", "")),
         pool=pool,
-        gated=has_gate(dict(pod), config),
+        gated=ours_at is not None,
+        gate_index=ours_at,
         requested_at=parse_time(annotations.get(config.requested_at_annotation)),
         granted_at=parse_time(annotations.get(config.admitted_at_annotation)),
         user=annotations.get("hub.jupyter.org/username") or labels_of(dict(pod)).get("hub.jupyter.org/username", ""),

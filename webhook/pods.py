@@ -46,6 +46,15 @@ def has_gate(pod: dict[str, Any], config: Config) -> bool:
     return config.gate_name in scheduling_gates(pod)
 
 
+def gate_index(pod: dict[str, Any], config: Config) -> int | None:
+    """Where our gate is in ``spec.schedulingGates`` (the JSON pointer index), or None."""
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, dict) else None
+    if not isinstance(gates, list):
+        return None
+    return next((i for i, g in enumerate(gates) if isinstance(g, dict) and g.get("name") == config.gate_name), None)
+
+
 def is_singleuser(pod: dict[str, Any], config: Config) -> bool:
     """True when the pod matches ``podSelector`` (by default ``component=singleuser-server``)."""
     labels = labels_of(pod)

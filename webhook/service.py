@@ -34,7 +34,6 @@ from webhook.server.parts import Parts
 log = logging.getLogger(__name__)
 
 
-
 class ClusterProxy:
     """``ClusterView`` for the API until (and while) the controller runs."""
 

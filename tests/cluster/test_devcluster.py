@@ -189,6 +189,29 @@ async def test_validating_webhook_denies_a_foreign_gate_removal(clean_cluster: D
         assert "validate.gpu-queue.io" in denied.value.reason and "only gpu-queue" in denied.value.reason
 
 
+async def test_the_services_own_gate_removal_is_not_sent_to_validate(clean_cluster: DevCluster) -> None:
+    """The validating webhook's matchCondition: a grant (the service account's UPDATE) is allowed
+    without a call, so it costs one API-server round trip; anyone else's UPDATE is still asked."""
+    c = clean_cluster
+    pods = f"/api/v1/namespaces/{c.hub_namespace}/pods"
+    metrics = c.metrics_url(c.state.webhook_replica)
+    before = await _admissions(metrics, "validate")
+    async with c.kube() as kube:
+        gpu = await kube.create(pods, await pod_manifest("erin", "gpu-enabled"), exist_ok=False)
+        name = gpu["metadata"]["name"]
+        assert {"name": GATE} in gpu["spec"]["schedulingGates"]
+
+        async def granted() -> dict[str, Any] | None:
+            pod = await kube.get(f"{pods}/{name}")
+            return pod if not pod["spec"].get("schedulingGates") else None
+
+        pod = await wait_for(granted, 15, f"{name} granted a free slice")
+        assert "gpu-queue.io/admitted-at" in pod["metadata"]["annotations"]
+        assert await _admissions(metrics, "validate") == before + 1, "only the CREATE was validated"
+        await kube.patch_json(f"{pods}/{name}", [{"op": "add", "path": "/metadata/labels/touched", "value": "yes"}])
+    assert await _admissions(metrics, "validate") == before + 2, "an admin's UPDATE is validated"
+
+
 async def test_rbac_is_enforced_on_the_service_identity(clean_cluster: DevCluster) -> None:
     c = clean_cluster
     async with c.service_kube() as kube:

@@ -239,11 +239,12 @@ class QueueController:
     async def sync_once(self) -> None:
         """One pass: index changes, grants, Events, stuck heads, periodic rebuild, metrics."""
         now = self.clock()
-        await self._forget(self.cache.take_gone(), now)
+        released = await self._forget(self.cache.take_gone(), now)
         await self._index_new(now)
         plans = self.plans()
         for name, pool_plan in plans.items():
             await self._grant(name, pool_plan, now)
+        await self._record_releases(released, now)
         plans = self.plans()
         for name, pool_plan in plans.items():
             told_at = await self.positions.tell(name, pool_plan, now)
@@ -255,9 +256,12 @@ class QueueController:
             with metrics.RECONCILE_DURATION.time():
                 await self._rebuild(plans)
 
-    async def _forget(self, gone: list[PodView], now: datetime) -> None:
+    async def _forget(self, gone: list[PodView], now: datetime) -> list[PodView]:
         """Pods that left: a queued one leaves a kept place (unless an admin removed it), a
-        holder frees its slice, which the grants below hand on in this same pass."""
+        holder frees its slice, which the grants below hand on in this same pass. The holders
+        are returned: the store hears of them after the grants (``_record_releases``), so a
+        freed slice waits for no Redis round trip (grants are decided from the pods)."""
+        released: list[PodView] = []
         for old in gone:
             self.left[old.key] = time.monotonic()
             self.positions.forget(old.key)
@@ -280,8 +284,14 @@ class QueueController:
                 )
             else:
                 self.cache.slice_freed(old.pool)
-                if store is not None:
-                    await self.breaker.call("release", store.release(old.pool, old.key, now))
+                released.append(old)
+        return released
+
+    async def _record_releases(self, released: list[PodView], now: datetime) -> None:
+        store = self.breaker.store
+        for old in released:
+            if store is not None and old.pool is not None:
+                await self.breaker.call("release", store.release(old.pool, old.key, now))
 
     async def _index_new(self, now: datetime) -> None:
         """Enqueue new queued pods; a kept place (tombstone) moves the pod's requested-at back."""

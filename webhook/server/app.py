@@ -29,7 +29,6 @@ from webhook.server.tls import CertReloader, TlsError
 log = logging.getLogger("gpu_queue.server")
 
 
-
 def create_app(
     config: Config,
     *,

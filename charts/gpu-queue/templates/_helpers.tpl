@@ -151,6 +151,11 @@ run time through the GPU_QUEUE_REDIS__URL environment variable.
 {{- regexReplaceAll "^(rediss?://)" $url (printf "${1}%s:$$(REDIS_PASSWORD)@" $user) }}
 {{- end }}
 
+{{/* The user name Kubernetes gives the service's ServiceAccount (the only one that may ungate). */}}
+{{- define "gpu-queue.serviceUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "gpu-queue.serviceAccountName" .) }}
+{{- end }}
+
 {{/*
 The service's configuration file. Profiles, pools and tuning come from .Values.config; what the
 chart itself decides (namespaces, service account, Redis, TLS paths, ports, the Lease) is set
@@ -159,7 +164,7 @@ here and wins, so the file always matches the objects this chart renders.
 {{- define "gpu-queue.config" -}}
 {{- $owned := dict
   "namespaces" (include "gpu-queue.hubNamespaces" . | fromJsonArray)
-  "serviceAccount" (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "gpu-queue.serviceAccountName" .))
+  "serviceAccount" (include "gpu-queue.serviceUser" .)
   "redis" (dict "url" (include "gpu-queue.redisUrl" .))
   "tls" (dict "certFile" "/etc/gpu-queue/tls/tls.crt" "keyFile" "/etc/gpu-queue/tls/tls.key")
   "server" (dict "host" "0.0.0.0" "port" 8443 "metricsPort" 8080)
