@@ -27,6 +27,8 @@ from typing import Any
 
 import aiohttp
 
+# Run as a script, this file's directory is sys.path[0]: bench/queue.py would shadow the stdlib.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_queue_dev.cluster import DevCluster, missing_cluster_tools

@@ -194,8 +194,12 @@ class QueueController:
         await self.pod_informer.synced.wait()
         await self.node_informer.synced.wait()
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a wait that ended as
+            # it was cancelled and drops the cancellation (the Lease handed back on shutdown
+            # wakes this loop just then), and the replica never stopped.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(), timeout=self._next_wake())
+                async with asyncio.timeout(self._next_wake()):
+                    await self._wait_any()
             self.cache.wake.clear()
             self.elector.changed.clear()
             if not self.elector.is_leader():
