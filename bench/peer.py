@@ -1221,7 +1221,7 @@ class Bench:
             await asyncio.sleep(1.5)
             granted: list[str] = []
             while len(granted) < waiters:
-                uid, _ = await self.release_one()
+                uid, _, _ = await self.release_one()
                 granted.append(uid)
                 await asyncio.sleep(0.2)
         rank = granted.index(new) + 1 if new in granted else None

@@ -31,9 +31,9 @@ import aiohttp
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_queue_dev.cluster import DevCluster, missing_cluster_tools
-from gpu_queue_dev.spawnerpods import pod_manifest
-from webhook.kube import Kube, load_client
+from gpu_queue_dev.cluster import DevCluster, missing_cluster_tools  # noqa: E402
+from gpu_queue_dev.spawnerpods import pod_manifest  # noqa: E402
+from webhook.kube import Kube, load_client  # noqa: E402
 
 OTHER_NAMESPACE = "batch"
 CONCURRENCY = 16
