@@ -17,7 +17,7 @@ setup:
 
 lint: setup
 	$(BIN)/ruff check webhook gpu_queue_dev tests bench
-	$(BIN)/mypy webhook gpu_queue_dev
+	$(BIN)/mypy webhook gpu_queue_dev bench
 
 test: lint
 	@$(BIN)/python $(HUB_VERSION) "every test"

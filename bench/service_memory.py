@@ -103,7 +103,7 @@ async def run(pods: int, queued: int) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="gpu-queue-memory-"))
     cluster = DevCluster(state, replicas=1, slices=8, progress=lambda line: say(f"dev: {line}"))
     await cluster.start()
-    kube = Kube(await load_client(str(cluster.kubeconfig)))
+    kube = Kube(await load_client(cluster.kubeconfig))
     ns = cluster.hub_namespace
 
     def service() -> dict[str, float]:

@@ -207,7 +207,11 @@ async def cpu_never_gated(target: Target) -> None:
     await target.spawn("late-gpu")
     names = [(await target.spawn(f"cpu{i}", "cpu-only"))["metadata"]["name"] for i in range(3)]
     for name in names:
-        pod = await wait_for(lambda n=name: _running(target, n), 20, f"CPU pod {name} to run")
+
+        async def runs(n: str = name) -> dict[str, Any] | None:
+            return await _running(target, n)
+
+        pod = await wait_for(runs, 20, f"CPU pod {name} to run")
         assert not gated(pod)
         notebook = next(c for c in pod["spec"]["containers"] if c["name"] == "notebook")
         from webhook.quantity import parse_quantity

@@ -52,7 +52,7 @@ async def no_slices(clean_cluster: DevCluster) -> AsyncIterator[DevCluster]:
 
 @pytest.fixture
 async def service(no_slices: DevCluster) -> AsyncIterator[CountingKube]:
-    kube = CountingKube(await load_client(str(no_slices.service_kubeconfig)))
+    kube = CountingKube(await load_client(no_slices.service_kubeconfig))
     kube.calls = []
     try:
         yield kube
@@ -76,7 +76,7 @@ async def test_a_current_view_is_granted_with_one_patch_removing_only_our_gate(
     no_slices: DevCluster, service: CountingKube
 ) -> None:
     c = no_slices
-    admin = Kube(await load_client(str(c.kubeconfig)))
+    admin = Kube(await load_client(c.kubeconfig))
     try:
         view = await _queued(c, admin, "fresh", spec={"schedulingGates": [{"name": "example.com/other"}]})
         assert view.gate_index == 1, "our gate is appended after the hub's own"
@@ -92,7 +92,7 @@ async def test_a_current_view_is_granted_with_one_patch_removing_only_our_gate(
 
 async def test_a_stale_view_reads_the_pod_and_keeps_what_changed(no_slices: DevCluster, service: CountingKube) -> None:
     c = no_slices
-    admin = Kube(await load_client(str(c.kubeconfig)))
+    admin = Kube(await load_client(c.kubeconfig))
     try:
         view = await _queued(c, admin, "stale")
         path = pod_path(view.namespace, view.name)
@@ -109,7 +109,7 @@ async def test_a_stale_view_reads_the_pod_and_keeps_what_changed(no_slices: DevC
 
 async def test_a_pod_being_deleted_is_not_granted(no_slices: DevCluster, service: CountingKube) -> None:
     c = no_slices
-    admin = Kube(await load_client(str(c.kubeconfig)))
+    admin = Kube(await load_client(c.kubeconfig))
     try:
         view = await _queued(c, admin, "leaving", metadata={"finalizers": ["example.com/hold"]})
         path = pod_path(view.namespace, view.name)
