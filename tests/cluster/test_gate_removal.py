@@ -5,11 +5,10 @@ deleted. The pool has no slices, so the controller grants none of these pods its
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gpu_queue_dev.cluster import DevCluster
@@ -28,20 +27,9 @@ class CountingKube(Kube):
 
     calls: list[str]
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str | int | bool] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        request_timeout: float | aiohttp.ClientTimeout | None = None,
-    ) -> Obj:
+    async def request(self, method: str, path: str, **kwargs: Any) -> Obj:
         self.calls.append(method)
-        return await super().request(
-            method, path, query=query, body=body, content_type=content_type, request_timeout=request_timeout
-        )
+        return await super().request(method, path, **kwargs)
 
 
 @pytest.fixture
