@@ -6,6 +6,8 @@ which the spawn page shows). This subclass adds what Events cannot do:
 
 * a live message on the spawn page (``Waiting for a GPU slice: position 2 of 4, about 5-10 min``),
   polled from the queue API at the interval the API suggests, with the progress bar held still;
+  each such progress event also carries the figures as data (``gpu_queue``: ``queue_fields``), so
+  a page template can show them its own way while the stock page keeps the plain message;
 * a long ``start_timeout`` for queued profiles only, set *before* the hub starts its outer
   ``wait_for(start(), start_timeout)`` (``kubespawner_override`` is applied inside ``start()``,
   after the hub has read the timeout, so it cannot do this);
@@ -34,7 +36,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -157,6 +159,72 @@ def queue_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | N
     length = max(status.queue_length, status.position)
     eta = format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds)
     return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}"
+
+
+#: How far back "moved up N places" looks.
+MOVED_WINDOW_SECONDS = 600.0
+
+
+class PlaceHistory:
+    """Where one queued spawn stood lately: how many places it moved up in the last
+    ``window`` seconds (or since it was first seen, when that is more recent)."""
+
+    def __init__(self, window: float = MOVED_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._seen: list[tuple[float, int]] = []  # (when, position), a new entry per change
+
+    def note(self, position: int) -> None:
+        now = self.clock()
+        if not self._seen or self._seen[-1][1] != position:
+            self._seen.append((now, position))
+        cutoff = now - self.window
+        # Keep the newest sample at or before the cutoff: it is where the window starts.
+        while len(self._seen) > 1 and self._seen[1][0] <= cutoff:
+            self._seen.pop(0)
+
+    def moved(self) -> tuple[int, float]:
+        """(places moved up, seconds this looks back over); (0, 0.0) before any position."""
+        if not self._seen:
+            return 0, 0.0
+        now = self.clock()
+        since, start = self._seen[0]
+        return max(0, start - self._seen[-1][1]), min(self.window, now - since)
+
+
+def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> dict[str, Any]:
+    """The figures of a progress event, as data (``event["gpu_queue"]``), from the queue API's
+    answer only: a page shows these or says it does not know, it never makes them up."""
+    fields: dict[str, Any] = {
+        "state": status.state,
+        "pool": status.pool,
+        "position": status.position,
+        "queueLength": max(status.queue_length, status.position or 0),
+        "capacity": status.capacity,
+        "inUse": status.in_use,
+        "eta": {
+            "known": status.eta_known,
+            "minSeconds": status.eta_min_seconds,
+            "maxSeconds": status.eta_max_seconds,
+            "text": format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds),
+        },
+        # The place is kept while the page is closed: the pod waits, not the browser.
+        "keepsPlace": status.state == "queued",
+    }
+    if history is not None and status.state == "queued":
+        places, seconds = history.moved()
+        fields["movedUp"] = {"places": places, "seconds": round(seconds)}
+    return fields
+
+
+def unreadable_message(slice_name: str = "GPU slice") -> str:
+    """The spawn page's line when the queue API stops answering for a spawn it had queued."""
+    return f"Still waiting for a {slice_name}, with your place kept; the queue cannot be read right now"
+
+
+def unknown_fields(reason: str) -> dict[str, Any]:
+    """``gpu_queue`` while the queue API cannot be read: no figure at all, and why."""
+    return {"state": "unknown", "reason": reason, "keepsPlace": True}
 
 
 _NODES_AVAILABLE = re.compile(r"^\s*0/(?P<nodes>\d+) nodes are available: (?P<reasons>.*)$", re.DOTALL)
@@ -315,6 +383,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         self._queued_spawn = False
         self._queue_api_warned = False
         self._granted_at: float | None = None  # monotonic: when this spawn's slice was granted
+        self._places = PlaceHistory()  # this spawn's positions, for "moved up N places"
         self._last_pod: Mapping[str, Any] | None = None  # this spawn's pod as last seen while starting
 
     # ------------------------------------------------------------------ which spawns queue
@@ -650,12 +719,24 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             last_message = joining
                             yield {"message": joining}
                         continue
-                    waiting = status is not None and status.state == "queued"
-                    self._note_grant(status)
-                    message = queue_message(status, self.queue_slice_name) if status is not None else None
-                    if message is not None and message != last_message:
-                        last_message = message
-                        yield {"message": message}
+                    if status is None:
+                        unreadable = unreadable_message(self.queue_slice_name)
+                        if waiting and last_message != unreadable:
+                            # It was queued and the API stopped answering: the pod still waits
+                            # with its place; say so with no figure (nothing is made up). The
+                            # controller's own position Events show again meanwhile.
+                            last_message = unreadable
+                            yield {"message": unreadable, "gpu_queue": unknown_fields("the queue API does not answer")}
+                        waiting = False
+                    else:
+                        waiting = status.state == "queued"
+                        if waiting and status.position is not None:
+                            self._places.note(status.position)
+                        self._note_grant(status)
+                        message = queue_message(status, self.queue_slice_name)
+                        if message is not None and message != last_message:
+                            last_message = message
+                            yield {"message": message, "gpu_queue": queue_fields(status, self._places)}
                 if kind in ("queue", "queue-done") and not answered:
                     answered = True
                     for event in held:
@@ -738,10 +819,14 @@ def _nonzero(value: Any) -> bool:
 
 
 __all__: list[str] = [
+    "PlaceHistory",
     "QueueApiError",
     "QueueAwareKubeSpawner",
     "QueueStatus",
     "format_eta",
     "friendly_scheduler_message",
+    "queue_fields",
     "queue_message",
+    "unknown_fields",
+    "unreadable_message",
 ]

@@ -35,12 +35,14 @@ from tests.helpers.spawner_pods import profile_list
 from webhook.certs import make_ca, make_serving_cert
 from webhook.config import load_config
 from webhook.hub import (
+    PlaceHistory,
     QueueApiError,
     QueueAwareKubeSpawner,
     QueueStatus,
     format_eta,
     friendly_scheduler_message,
     queue_message,
+    unreadable_message,
 )
 from webhook.quantity import parse_quantity
 
@@ -239,6 +241,11 @@ async def prepared(user: User, profile: str, server: str = "") -> QueueAwareKube
 
 async def take(progress: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     return await anext(progress)
+
+
+async def line(progress: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """The next event as the stock page shows it (without the ``gpu_queue`` data)."""
+    return {k: v for k, v in (await anext(progress)).items() if k != "gpu_queue"}
 
 
 def live_tasks() -> list[str]:
@@ -465,9 +472,9 @@ async def test_progress_shows_the_live_position_and_follows_it(
     spawner = await prepared(user, "gpu-enabled")
     progress = spawner.progress()
     try:
-        assert await take(progress) == {"message": "Waiting for a GPU slice: position 2 of 4, about 5-10 min"}
+        assert await line(progress) == {"message": "Waiting for a GPU slice: position 2 of 4, about 5-10 min"}
         queue_api.queued("alice", "", 1, 3, (60, 180))
-        assert await take(progress) == {"message": "Waiting for a GPU slice: position 1 of 3, about 1-3 min"}
+        assert await line(progress) == {"message": "Waiting for a GPU slice: position 1 of 3, about 1-3 min"}
     finally:
         await progress.aclose()
     assert queue_api.requests[0] == {"user": "alice", "server": "", "auth": f"Bearer {TOKEN}"}
@@ -481,15 +488,90 @@ async def test_progress_yields_only_changes(
     spawner = await prepared(user, "gpu-enabled")
     progress = spawner.progress()
     try:
-        first = await take(progress)
+        first = await line(progress)
         seen = len(queue_api.requests)
         await queue_api.wait_for_requests(seen + 5)  # five more identical answers arrive
         queue_api.queued("alice", "", 2, 3, None)
-        second = await take(progress)
+        second = await line(progress)
     finally:
         await progress.aclose()
     assert first == {"message": "Waiting for a GPU slice: position 3 of 3, wait time unknown"}
     assert second == {"message": "Waiting for a GPU slice: position 2 of 3, wait time unknown"}
+
+
+async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    """``gpu_queue`` has the API's figures and nothing else: place, length, slices, the wait (its
+    words as on the line), that the place is kept, and how far the place moved up since first seen."""
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 3, 5, (300, 600))
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    try:
+        first = await take(progress)
+        queue_api.queued("alice", "", 1, 3, None)
+        second = await take(progress)
+        queue_api.admitted("alice", "")
+        granted = await take(progress)
+    finally:
+        await progress.aclose()
+    assert first["gpu_queue"] == {
+        "state": "queued",
+        "pool": "gpu",
+        "position": 3,
+        "queueLength": 5,
+        "capacity": 8,
+        "inUse": 8,
+        "eta": {"known": True, "minSeconds": 300, "maxSeconds": 600, "text": "about 5-10 min"},
+        "keepsPlace": True,
+        "movedUp": {"places": 0, "seconds": 0},
+    }
+    assert second["message"] == "Waiting for a GPU slice: position 1 of 3, wait time unknown"
+    assert second["gpu_queue"]["eta"] == {
+        "known": False,
+        "minSeconds": None,
+        "maxSeconds": None,
+        "text": "wait time unknown",
+    }
+    assert second["gpu_queue"]["movedUp"]["places"] == 2
+    assert granted["gpu_queue"]["state"] == "admitted" and granted["gpu_queue"]["keepsPlace"] is False
+    assert "movedUp" not in granted["gpu_queue"]
+
+
+def test_moved_up_counts_the_places_gained_within_the_window_only() -> None:
+    now = [0.0]
+    history = PlaceHistory(window=600, clock=lambda: now[0])
+    assert history.moved() == (0, 0.0)
+    history.note(9)
+    now[0] = 120
+    history.note(7)
+    assert history.moved() == (2, 120)  # up 2 in the 2 minutes since it was first seen
+    now[0] = 700
+    history.note(6)
+    assert history.moved() == (3, 600)  # the window starts at 100 s, when it still stood at 9
+    now[0] = 1400
+    history.note(6)
+    assert history.moved() == (0, 600)  # no move in the last 10 minutes
+    history.note(8)  # an admin moved someone ahead: down is not "up"
+    assert history.moved() == (0, 600)
+
+
+async def test_a_queued_user_is_told_the_queue_cannot_be_read_and_shown_no_figure(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 2, 4, (300, 600))
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    try:
+        await take(progress)
+        queue_api.failing("alice", "", 503)
+        told = await take(progress)
+    finally:
+        await progress.aclose()
+    assert told["message"] == unreadable_message()
+    assert told["gpu_queue"] == {"state": "unknown", "reason": "the queue API does not answer", "keepsPlace": True}
 
 
 async def test_named_server_position_is_asked_for_that_server(
@@ -500,7 +582,7 @@ async def test_named_server_position_is_asked_for_that_server(
     spawner = await prepared(user, "gpu-enabled", server="training")
     progress = spawner.progress()
     try:
-        assert await take(progress) == {"message": "Waiting for a GPU slice: position 1 of 1, about 1-2 min"}
+        assert await line(progress) == {"message": "Waiting for a GPU slice: position 1 of 1, about 1-2 min"}
     finally:
         await progress.aclose()
     # (the one-GPU-server check asked about the default server first; the progress asks about this one)
@@ -525,14 +607,14 @@ async def test_bar_stays_still_while_queued_and_moves_again_once_granted(
     )
     progress = spawner.progress()
     try:
-        assert await take(progress) == {"message": "Waiting for a GPU slice: position 2 of 2, about 5-10 min"}
+        assert await line(progress) == {"message": "Waiting for a GPU slice: position 2 of 2, about 5-10 min"}
         held_event = await take(progress)
         # the controller's stale position Event is hidden behind the live line; the other Event
         # shows, without a progress value, so the bar does not run ahead of the queue
         assert held_event["message"].endswith("your place in the GPU queue was kept (first asked 2m ago)")
         assert "progress" not in held_event
         queue_api.admitted("alice", "")
-        assert await take(progress) == {"message": "GPU slice granted: starting your server"}
+        assert await line(progress) == {"message": "GPU slice granted: starting your server"}
         reflector.add(pod, f"Successfully assigned {NAMESPACE}/{pod} to gpu-node-1")
         scheduled = await take(progress)
         assert scheduled["message"].endswith(f"Successfully assigned {NAMESPACE}/{pod} to gpu-node-1")
@@ -552,10 +634,10 @@ async def test_a_pod_the_queue_has_not_indexed_yet_holds_the_bar_until_its_posit
     reflector.add(spawner.pod_name, "0/2 nodes are available: 2 node(s) had untolerated taint", type_="Warning")
     progress = spawner.progress()
     try:
-        assert await take(progress) == {"message": "Joining the queue for a GPU slice..."}
+        assert await line(progress) == {"message": "Joining the queue for a GPU slice..."}
         await queue_api.wait_for_requests(len(queue_api.requests) + 3)  # still unknown: nothing more shown
         queue_api.queued("alice", "", 3, 3, None)
-        assert await take(progress) == {"message": "Waiting for a GPU slice: position 3 of 3, wait time unknown"}
+        assert await line(progress) == {"message": "Waiting for a GPU slice: position 3 of 3, wait time unknown"}
         held = await take(progress)
         assert "progress" not in held, "the bar stays where it was while the user waits"
     finally:
