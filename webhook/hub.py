@@ -61,6 +61,7 @@ NOT_SEEN = "not-seen"
 #: The controller's position Events (hidden while the fresher live line is shown).
 QUEUE_COMPONENT = "gpu-queue"
 QUEUE_EVENT_REASON = "Queued"
+GRANT_EVENT_REASON = "SliceGranted"
 
 
 class QueueApiError(Exception):
@@ -84,6 +85,7 @@ class QueueStatus:
     eta_known: bool = False
     eta_min_seconds: float | None = None
     eta_max_seconds: float | None = None
+    eta_method: str = ""  # how the API reached the estimate, or why it has none
     refresh_seconds: float = 10.0
     granted_at: datetime | None = None  # when the slice was granted (admitted answers)
 
@@ -101,6 +103,7 @@ class QueueStatus:
             eta_known=bool(eta.get("known", False)),
             eta_min_seconds=_float_or_none(eta.get("minSeconds")),
             eta_max_seconds=_float_or_none(eta.get("maxSeconds")),
+            eta_method=str(eta.get("method") or ""),
             refresh_seconds=float(data.get("refreshSeconds") or 10.0),
             granted_at=_time_or_none(data.get("grantedAt")),
         )
@@ -207,6 +210,7 @@ def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> di
             "minSeconds": status.eta_min_seconds,
             "maxSeconds": status.eta_max_seconds,
             "text": format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds),
+            "why": status.eta_method,
         },
         # The place is kept while the page is closed: the pod waits, not the browser.
         "keepsPlace": status.state == "queued",
@@ -647,6 +651,17 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
 
     # ------------------------------------------------------------------ the spawn page
 
+    async def queue_line(self) -> str:
+        """The queue line for a page rendered on the server (the waiting room's text without
+        JavaScript): the same words as the live line, or what cannot be known."""
+        if not (self._queued_spawn and self.queue_api_url and self.pending == "spawn"):
+            return ""
+        try:
+            status = await self.fetch_queue_status()
+        except QueueApiError:
+            return unreadable_message(self.queue_slice_name)
+        return queue_message(status, self.queue_slice_name) or f"Joining the queue for a {self.queue_slice_name}..."
+
     def _rewrite_event(self, event: ProgressEvent) -> ProgressEvent:
         """Stock event with FailedScheduling text put into plain words (raw_event kept for admins)."""
         raw = event.get("raw_event")
@@ -657,6 +672,15 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
             return event
         when = raw.get("lastTimestamp") or raw.get("eventTime") or ""
         return {**event, "message": f"{when} [{raw.get('type', 'Warning')}] {friendly}".strip()}
+
+    @staticmethod
+    def _is_grant_event(event: ProgressEvent) -> bool:
+        """The controller's "GPU slice granted after ..." Event (reason SliceGranted)."""
+        raw = event.get("raw_event")
+        if not isinstance(raw, Mapping) or raw.get("reason") != GRANT_EVENT_REASON:
+            return False
+        source = raw.get("source") or {}
+        return QUEUE_COMPONENT in (raw.get("reportingComponent"), source.get("component"))
 
     @staticmethod
     def _is_position_event(event: ProgressEvent) -> bool:
@@ -700,6 +724,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         waiting = False  # True while the API says this pod is queued
         answered = False  # stock events wait for the first queue answer, so the bar never runs ahead of it
         held: list[ProgressEvent] = []
+        last_status: QueueStatus | None = None
         opened = time.monotonic()
         try:
             while True:
@@ -729,6 +754,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             yield {"message": unreadable, "gpu_queue": unknown_fields("the queue API does not answer")}
                         waiting = False
                     else:
+                        last_status = status
                         waiting = status.state == "queued"
                         if waiting and status.position is not None:
                             self._places.note(status.position)
@@ -745,6 +771,19 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             yield shown
                     held.clear()
                 if kind == "event":
+                    if waiting and self._is_grant_event(cast(ProgressEvent, item)):
+                        # The controller's "GPU slice granted" Event: the page hears of the grant
+                        # now, not at the next poll (which may never come: on a fast start the
+                        # stream ends when start() returns).
+                        waiting = False
+                        granted = QueueStatus(
+                            state="admitted", pool=last_status.pool, capacity=last_status.capacity,
+                            in_use=last_status.in_use,
+                        ) if last_status is not None else QueueStatus(state="admitted")  # fmt: skip
+                        message = queue_message(granted, self.queue_slice_name)
+                        if message is not None and message != last_message:
+                            last_message = message
+                            yield {"message": message, "gpu_queue": queue_fields(granted)}
                     if not answered:
                         held.append(cast(ProgressEvent, item))
                         continue

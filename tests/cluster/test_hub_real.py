@@ -66,6 +66,22 @@ async def _start_server(api: aiohttp.ClientSession, hub: RealHub, path: str, pro
         return response.status, await _json(response)
 
 
+async def _queue_figures_through_the_hub(api: aiohttp.ClientSession, hub: RealHub) -> dict[str, Any]:
+    """The first ``gpu_queue`` data of the hub's own progress stream (the EventSource the spawn
+    page reads): JupyterHub passes the spawner's event through whole."""
+    url = hub.url(f"/hub/api/users/{USER}/server/progress")
+    async with api.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+        assert response.status == 200, f"progress stream: {response.status}"
+        async for raw in response.content:
+            text = raw.decode().strip()
+            if text.startswith("data:"):
+                event = json.loads(text[len("data:") :])
+                if "gpu_queue" in event:
+                    figures: dict[str, Any] = event["gpu_queue"]
+                    return figures
+    raise AssertionError("the progress stream ended without queue figures")
+
+
 async def _hub_stays_up(hub: RealHub, seconds: float) -> None:
     """Fail if the hub exits, or logs its abort, within ``seconds``: a bounded watch, since the
     behaviour under test is that nothing happens."""
@@ -108,6 +124,10 @@ async def _refusals_leave_the_hub_running(
     async with api.get(hub.url(f"/hub/api/users/{USER}")) as response:
         default = (await response.json())["servers"][""]
     assert default["pending"] == "spawn", f"the queued server should still be spawning: {default}"
+    figures = await _queue_figures_through_the_hub(api, hub)
+    seen["progress_gpu_queue"] = figures
+    assert figures["state"] == "queued" and figures["position"] == 1 and figures["queueLength"] == 1, figures
+    assert figures["capacity"] == 0 and figures["keepsPlace"] is True, figures
 
     async with hub.browser(USER) as browser:
         form_url = hub.url(f"/hub/spawn/{USER}/second")

@@ -1,6 +1,7 @@
 """The docs' relative links and images point at files that exist, and the screenshots in
-``docs/images`` are the steps the browser test on kind takes (``tests/e2e/test_hub_story.py``), so a
-renamed step or a deleted picture fails here instead of showing a broken page."""
+``docs/images`` are the steps the browser tests take (``tests/e2e/test_hub_story.py`` on kind,
+``tests/cluster/test_waiting_room.py`` on a real hub), so a renamed step or a deleted picture fails
+here instead of showing a broken page."""
 
 from __future__ import annotations
 
@@ -36,3 +37,12 @@ def test_the_docs_screenshots_are_steps_the_browser_test_takes() -> None:
     assert shown, "docs/users.md shows no screenshot of the hub"
     unknown = [t for t in shown if Path(t).stem.removeprefix("hub-") not in steps]
     assert not unknown, f"screenshots no step of tests/e2e/test_hub_story.py takes: {unknown}"
+
+
+def test_the_waiting_room_screenshots_are_steps_of_its_browser_test() -> None:
+    test = (REPO / "tests" / "cluster" / "test_waiting_room.py").read_text()
+    steps = set(re.findall(r'\.shot\("([^"]+)"\)', test))
+    shown = {t for t in relative_links(REPO / "docs" / "users.md") if t.startswith("images/waiting-room-")}
+    assert shown, "docs/users.md shows no screenshot of the waiting room"
+    unknown = [t for t in shown if Path(t).stem not in steps]
+    assert not unknown, f"screenshots no step of tests/cluster/test_waiting_room.py takes: {unknown}"

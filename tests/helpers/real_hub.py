@@ -21,7 +21,7 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +91,7 @@ c.QueueAwareKubeSpawner.queue_api_url = settings["queue_api_url"]
 c.QueueAwareKubeSpawner.queue_api_token = settings["queue_api_token"]
 c.QueueAwareKubeSpawner.queue_ca_file = settings["queue_ca_file"]
 c.QueueAwareKubeSpawner.one_gpu_server_per_user = True
+c.JupyterHub.template_paths = settings["template_paths"]
 '''
 
 _FAILURES_LOGGED = re.compile(
@@ -158,9 +159,17 @@ class RealHub:
         return cookie["_xsrf"].value
 
 
-def hub_settings(cluster: DevCluster, state_dir: Path, hub_port: int, public_port: int, token: str) -> dict[str, Any]:
+def hub_settings(
+    cluster: DevCluster,
+    state_dir: Path,
+    hub_port: int,
+    public_port: int,
+    token: str,
+    template_paths: Sequence[Path] = (),
+) -> dict[str, Any]:
     """What the config file reads: the dev cluster's queue API and the docs' profileList."""
     return {
+        "template_paths": [str(p) for p in template_paths],
         "hub_port": hub_port,
         "public_url": f"http://127.0.0.1:{public_port}",
         "db_file": str(state_dir / "jupyterhub.sqlite"),
@@ -176,14 +185,17 @@ def hub_settings(cluster: DevCluster, state_dir: Path, hub_port: int, public_por
 
 
 @asynccontextmanager
-async def running_hub(cluster: DevCluster, state_dir: Path, *, start_within: float = 60.0) -> AsyncIterator[RealHub]:
+async def running_hub(
+    cluster: DevCluster, state_dir: Path, *, start_within: float = 60.0, template_paths: Sequence[Path] = ()
+) -> AsyncIterator[RealHub]:
     """Start the hub in ``state_dir`` and wait until its API answers; always stop it afterwards
-    (SIGTERM, then SIGKILL), keeping its log in ``state_dir/jupyterhub.log``."""
+    (SIGTERM, then SIGKILL), keeping its log in ``state_dir/jupyterhub.log``. ``template_paths``:
+    the hub's own page templates (none: the stock pages)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     hub_port, public_port = free_ports(2)
     token = secrets.token_hex(32)
     (state_dir / "settings.json").write_text(
-        json.dumps(hub_settings(cluster, state_dir, hub_port, public_port, token), indent=2)
+        json.dumps(hub_settings(cluster, state_dir, hub_port, public_port, token, template_paths), indent=2)
     )
     config = state_dir / "jupyterhub_config.py"
     config.write_text(HUB_CONFIG)

@@ -47,6 +47,7 @@ from webhook.hub import (
 from webhook.quantity import parse_quantity
 
 NAMESPACE = "jhub"
+NO_ESTIMATE = "unknown: 1 of 3 release intervals observed; "  # the queue API's eta.method
 TOKEN = "s3cret-read-token-never-logged"
 pytestmark = pytest.mark.timeout(30)
 
@@ -77,7 +78,7 @@ class FakeQueueApi:
                 "inUse": 8,
                 "eta": {"known": True, "minSeconds": eta[0], "maxSeconds": eta[1]}
                 if eta
-                else {"known": False, "minSeconds": None, "maxSeconds": None},
+                else {"known": False, "minSeconds": None, "maxSeconds": None, "method": NO_ESTIMATE},
                 "refreshSeconds": 0.001,
             },
         )
@@ -523,7 +524,7 @@ async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
         "queueLength": 5,
         "capacity": 8,
         "inUse": 8,
-        "eta": {"known": True, "minSeconds": 300, "maxSeconds": 600, "text": "about 5-10 min"},
+        "eta": {"known": True, "minSeconds": 300, "maxSeconds": 600, "text": "about 5-10 min", "why": ""},
         "keepsPlace": True,
         "movedUp": {"places": 0, "seconds": 0},
     }
@@ -533,10 +534,28 @@ async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
         "minSeconds": None,
         "maxSeconds": None,
         "text": "wait time unknown",
+        "why": NO_ESTIMATE,
     }
     assert second["gpu_queue"]["movedUp"]["places"] == 2
     assert granted["gpu_queue"]["state"] == "admitted" and granted["gpu_queue"]["keepsPlace"] is False
     assert "movedUp" not in granted["gpu_queue"]
+
+
+async def test_the_controllers_grant_event_tells_the_page_at_once_without_waiting_for_a_poll(
+    make_user: MakeUser, queue_api: FakeQueueApi, reflector: FakeEventReflector
+) -> None:
+    user = make_user(config=hub_config(queue_api_url=queue_api.url))
+    queue_api.queued("alice", "", 1, 1, (60, 120))
+    spawner = await prepared(user, "gpu-enabled")
+    progress = spawner.progress()
+    try:
+        await take(progress)
+        reflector.add(spawner.pod_name, "GPU slice granted after 2m5s", reason="SliceGranted", component="gpu-queue")
+        told = await take(progress)  # the API still says "queued": the Event is what tells
+    finally:
+        await progress.aclose()
+    assert told["message"] == "GPU slice granted: starting your server"
+    assert told["gpu_queue"]["state"] == "admitted" and told["gpu_queue"]["capacity"] == 8
 
 
 def test_moved_up_counts_the_places_gained_within_the_window_only() -> None:
