@@ -674,19 +674,11 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         return {**event, "message": f"{when} [{raw.get('type', 'Warning')}] {friendly}".strip()}
 
     @staticmethod
-    def _is_grant_event(event: ProgressEvent) -> bool:
-        """The controller's "GPU slice granted after ..." Event (reason SliceGranted)."""
+    def _is_controller_event(event: ProgressEvent, reason: str) -> bool:
+        """One of gpu-queue's own pod Events: ``Queued`` ("Waiting for a GPU slice: position ...")
+        or ``SliceGranted`` ("GPU slice granted after ...")."""
         raw = event.get("raw_event")
-        if not isinstance(raw, Mapping) or raw.get("reason") != GRANT_EVENT_REASON:
-            return False
-        source = raw.get("source") or {}
-        return QUEUE_COMPONENT in (raw.get("reportingComponent"), source.get("component"))
-
-    @staticmethod
-    def _is_position_event(event: ProgressEvent) -> bool:
-        """The controller's "Waiting for a GPU slice: position ..." Event (reason Queued)."""
-        raw = event.get("raw_event")
-        if not isinstance(raw, Mapping) or raw.get("reason") != QUEUE_EVENT_REASON:
+        if not isinstance(raw, Mapping) or raw.get("reason") != reason:
             return False
         source = raw.get("source") or {}
         return QUEUE_COMPONENT in (raw.get("reportingComponent"), source.get("component"))
@@ -771,7 +763,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             yield shown
                     held.clear()
                 if kind == "event":
-                    if waiting and self._is_grant_event(cast(ProgressEvent, item)):
+                    if waiting and self._is_controller_event(cast(ProgressEvent, item), GRANT_EVENT_REASON):
                         # The controller's "GPU slice granted" Event: the page hears of the grant
                         # now, not at the next poll (which may never come: on a fast start the
                         # stream ends when start() returns).
@@ -819,7 +811,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
 
     def _present(self, event: ProgressEvent, waiting: bool) -> ProgressEvent | None:
         """A stock event as the spawn page should show it; None to hide it behind the live line."""
-        if waiting and ("raw_event" not in event or self._is_position_event(event)):
+        if waiting and ("raw_event" not in event or self._is_controller_event(event, QUEUE_EVENT_REASON)):
             return None  # "taking longer than expected" and the controller's position Events
         if "raw_event" not in event and self._granted_at is not None:
             return self._slow_spawn_since_grant(event)
