@@ -772,6 +772,7 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             state="admitted", pool=last_status.pool, capacity=last_status.capacity,
                             in_use=last_status.in_use,
                         ) if last_status is not None else QueueStatus(state="admitted")  # fmt: skip
+                        self._note_grant(granted)  # slowness counts from now (the Event is prompt)
                         message = queue_message(granted, self.queue_slice_name)
                         if message is not None and message != last_message:
                             last_message = message
