@@ -556,6 +556,9 @@ async def test_the_controllers_grant_event_tells_the_page_at_once_without_waitin
         await progress.aclose()
     assert told["message"] == "GPU slice granted: starting your server"
     assert told["gpu_queue"]["state"] == "admitted" and told["gpu_queue"]["capacity"] == 8
+    # KubeSpawner's "taking longer than expected" now counts from this grant, not from the queue
+    stock = {"message": spawner.slow_spawn_message.format(seconds=80)}
+    assert spawner._present(stock, waiting=False) is None, "under a minute since the grant: not slow"
 
 
 def test_moved_up_counts_the_places_gained_within_the_window_only() -> None:
