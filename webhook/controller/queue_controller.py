@@ -399,11 +399,7 @@ class QueueController:
             return
         ok = True
         for name, pool_plan in plans.items():
-            # Only pods this leader enqueued: one that reached the cache after this pass indexed
-            # (the plans are made after the grants' awaits) goes through enqueue on the next
-            # pass, which gives it a kept place; written here, it would be taken as indexed and
-            # its place lost (found: a user re-spawning during a new leader's first pass).
-            entries = [entry_of(v) for v in pool_plan.queue if v.key in self.indexed]
+            entries = [entry_of(v) for v in pool_plan.queue]
             holders = [holder_of(h) for h in pool_plan.holders]
             done = await self.breaker.call("rebuild", _done(store.rebuild(name, entries, holders)))
             ok = ok and done is not None
@@ -411,7 +407,7 @@ class QueueController:
             if self.breaker.dirty:
                 log.info("queue index rebuilt from the pods")
             self.breaker.dirty = False
-            self.indexed = {v.key for p in plans.values() for v in p.queue if v.key in self.indexed}
+            self.indexed = {v.key for p in plans.values() for v in p.queue}
         self.last_rebuild = time.monotonic()
 
 
