@@ -27,7 +27,9 @@ class QueueStore(Protocol):
 
     async def enqueue(self, pool: str, entry: QueueEntry, keep_place_seconds: float) -> QueueEntry:
         """Add the entry unless present (ZADD NX). A live tombstone for the same user and server
-        gives the entry the old requested-at; the returned entry carries the effective time."""
+        gives the entry the old requested-at, also when the entry was already queued without an
+        enqueue (a rebuild wrote it: the pod came back while a pass was under way); the returned
+        entry carries the effective time."""
 
     async def position(self, pool: str, key: str) -> tuple[int, int] | None:
         """(1-based position, queue length), or None when the key is not queued. O(log n)."""

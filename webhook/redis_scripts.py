@@ -108,17 +108,17 @@ end
 
 # KEYS fifo entries holders tombs tomb-expiry by-user
 # ARGV key score entry-json field now-us keep-us
-# -> {status, score, stored-json}; status 0 = already queued, 1 = added, 2 = added with a
-#    tombstone's place, 3 = holding (not queued)
+# -> {status, score, stored-json}; status 0 = already queued, 1 = added, 2 = added (or, already
+#    queued, moved back) with a tombstone's place, 3 = holding (not queued). An entry already
+#    queued without this call (a rebuild wrote it) still takes its user's live tombstone.
 ENQUEUE = (
     _PRELUDE
     + r"""
 local key = ARGV[1]
 local existing = redis.call('ZSCORE', KEYS[1], key)
-if existing then return {0, existing, redis.call('HGET', KEYS[2], key) or ''} end
-if redis.call('HEXISTS', KEYS[3], key) == 1 then return {3, ARGV[2], ''} end
-local score = ARGV[2]
-local status = 1
+if not existing and redis.call('HEXISTS', KEYS[3], key) == 1 then return {3, ARGV[2], ''} end
+local score = existing or ARGV[2]
+local status = existing and 0 or 1
 local now = tonumber(ARGV[5])
 purge(KEYS[4], KEYS[5], ARGV[5])
 if ARGV[4] ~= '' and tonumber(ARGV[6]) > 0 then
@@ -133,6 +133,10 @@ if ARGV[4] ~= '' and tonumber(ARGV[6]) > 0 then
       status = 2
     end
   end
+end
+if existing then
+  if status == 2 then redis.call('ZADD', KEYS[1], 'XX', score, key) end
+  return {status, score, redis.call('HGET', KEYS[2], key) or ''}
 end
 redis.call('ZADD', KEYS[1], 'NX', score, key)
 redis.call('HSET', KEYS[2], key, ARGV[3])

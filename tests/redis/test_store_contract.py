@@ -132,6 +132,23 @@ async def test_returning_user_gets_the_old_place_back_within_keep_place(store: Q
     assert await store.position(POOL, back.key) == (1, 2)
 
 
+async def test_a_returning_pod_a_rebuild_already_wrote_still_gets_the_old_place(store: QueueStore) -> None:
+    """The pod came back while the leader's pass was under way: its rebuild wrote the pod with the
+    new stamp before any enqueue; the enqueue of the next pass still finds the kept place."""
+    await store.enqueue(POOL, entry("jupyter-alice", 1), 300)
+    await store.enqueue(POOL, entry("jupyter-bob", 2), 300)
+    await store.remove(POOL, "jhub/jupyter-alice", 300)
+    await store.rebuild(POOL, [entry("jupyter-bob", 2), entry("jupyter-alice", 400)], [])
+    assert await queued_keys(store) == ["jhub/jupyter-bob", "jhub/jupyter-alice"]
+
+    back = await store.enqueue(POOL, entry("jupyter-alice", 400), 300)
+
+    assert back.requested_at == at(1)
+    assert await queued_keys(store) == ["jhub/jupyter-alice", "jhub/jupyter-bob"]
+    again = await store.enqueue(POOL, entry("jupyter-alice", 400), 300)
+    assert again.requested_at == at(1), "the place is given once and then kept"
+
+
 async def test_kept_places_are_listed_until_used_or_expired(store: QueueStore, clock: FakeClock) -> None:
     await store.enqueue(POOL, entry("jupyter-alice", 1), 300)
     await store.enqueue(POOL, entry("jupyter-bob-ml", 2, user="bob", server="ml"), 300)

@@ -84,10 +84,11 @@ class MemoryQueueStore:
 
     async def enqueue(self, pool: str, entry: QueueEntry, keep_place_seconds: float) -> QueueEntry:
         state = self._pool(pool, "enqueue", entry.key, keep_place_seconds)
-        if entry.key in state.queue:
-            return state.queue[entry.key]
-        if entry.key in state.holders:
+        queued = state.queue.get(entry.key)
+        if queued is None and entry.key in state.holders:
             return entry  # never both queued and holding: not queued, position says None
+        if queued is not None:
+            entry = queued  # already queued (a rebuild may have written it): its stored entry
         now = self.clock()
         place = (entry.user, entry.server)
         if entry.user and keep_place_seconds > 0:

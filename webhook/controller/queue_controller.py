@@ -407,7 +407,11 @@ class QueueController:
             if self.breaker.dirty:
                 log.info("queue index rebuilt from the pods")
             self.breaker.dirty = False
-            self.indexed = {v.key for p in plans.values() for v in p.queue}
+            # Pods this pass did not enqueue (they reached the cache during its awaits: the plans
+            # are made after the grants) are written above but stay un-indexed: the next pass
+            # enqueues them, which gives a returning user the kept place (I5) even though this
+            # rebuild already queued the pod with its new stamp.
+            self.indexed = {v.key for p in plans.values() for v in p.queue if v.key in self.indexed}
         self.last_rebuild = time.monotonic()
 
 
