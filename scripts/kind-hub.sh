@@ -15,7 +15,9 @@
 #   4. the values, as `helm -f docs/z2jh-values.yaml -f tools/kind-hub/values.yaml --set ...` would
 #      compute them (tools/kind-hub/merge_values.py values): z2jh's defaults, the docs' values, the
 #      kind overlay, then the local image, the token (hub.services.gpu-queue.apiToken) and the
-#      docs' two --set-file: hub.extraFiles.gpu-queue-hub = webhook/hub.py, gpu-queue-ca = the CA;
+#      docs' --set-file: hub.extraFiles.gpu-queue-hub = webhook/hub.py, gpu-queue-ca = the CA, and
+#      the waiting room's two templates (webhook/hub_templates); with STOCK_PAGES=1 the docs'
+#      hub.extraConfig.gpu-queue-templates is left out, so the hub shows its stock pages;
 #   5. `kubectl apply` of tools/kind-hub/merge_values.py manifests: the ConfigMap hub
 #      (tools/kind-hub/jupyterhub_config.py, z2jh's loader for these values, and z2jh.py), the
 #      Secret hub (the merged values, the proxy token, kept across installs, the extraFiles) and
@@ -32,7 +34,8 @@
 # without KUBECONFIG, ${GQ_CACHE}/images/kind-CLUSTER.kubeconfig (written by scripts/kind-up.sh)
 # or else `kind get kubeconfig --name CLUSTER` is used.
 #
-# Environment: CULL_TIMEOUT / CULL_EVERY (seconds; default the overlay's 120 / 15), WAIT_SECONDS
+# Environment: CULL_TIMEOUT / CULL_EVERY (seconds; default the overlay's 120 / 15), STOCK_PAGES=1
+# (the hub's own spawn-pending and home pages instead of the waiting room), WAIT_SECONDS
 # (default 300; also --uninstall's deadline), KUBECONFIG, GQ_CACHE (default ~/.cache/gpu-queue;
 # kind and kubectl from its bin/).
 set -euo pipefail
@@ -51,7 +54,7 @@ case "${1:-}" in
     [ "$#" -eq 2 ] && [ -n "$2" ] || { say "error: usage: $0 ${1} CLUSTER_NAME (try --help)"; exit 2; }
     cluster=$2
     ;;
-  -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
   "") say "error: missing argument: --install or --uninstall CLUSTER_NAME (try --help)"; exit 2 ;;
   *) say "error: unknown argument: $1 (try --help)"; exit 2 ;;
 esac
@@ -175,13 +178,17 @@ sets=(
   --set-env "hub.services.gpu-queue.apiToken=GQ_HUB_TOKEN"
   --set-file "hub.extraFiles.gpu-queue-hub.stringData=${repo}/webhook/hub.py"
   --set-file "hub.extraFiles.gpu-queue-ca.stringData=${work}/gpu-queue-ca.crt"
+  --set-file "hub.extraFiles.gpu-queue-spawn-pending.stringData=${repo}/webhook/hub_templates/spawn_pending.html"
+  --set-file "hub.extraFiles.gpu-queue-home.stringData=${repo}/webhook/hub_templates/home.html"
 )
+pages="the waiting room"
+[ "${STOCK_PAGES:-0}" = 1 ] && { sets+=(--unset "hub.extraConfig.gpu-queue-templates"); pages="the stock pages"; }
 [ -n "${CULL_TIMEOUT:-}" ] && sets+=(--set-string "cull.timeout=${CULL_TIMEOUT}")
 [ -n "${CULL_EVERY:-}" ] && sets+=(--set-string "cull.every=${CULL_EVERY}")
 "$python" "${static}/merge_values.py" values -f "${repo}/docs/z2jh-values.yaml" -f "${static}/values.yaml" \
   "${sets[@]}" >"${work}/values.yaml" || die "merging the values failed"
 profiles=$("$python" -c 'import sys, yaml; v = yaml.safe_load(open(sys.argv[1])); print(" ".join(p["slug"] for p in v["singleuser"]["profileList"]))' "${work}/values.yaml")
-say "4. values: z2jh defaults + docs/z2jh-values.yaml + tools/kind-hub/values.yaml + token/files; profiles: ${profiles} in $(since "$t")"
+say "4. values: z2jh defaults + docs/z2jh-values.yaml + tools/kind-hub/values.yaml + token/files; profiles: ${profiles}; ${pages} in $(since "$t")"
 
 # --- 5. apply ---------------------------------------------------------------------------------
 t=$(now)

@@ -376,6 +376,18 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         help="Refuse a second queued server to a user who already holds or waits for a slice (named servers).",
     )
 
+    queue_fallback_profile = Unicode(
+        "",
+        config=True,
+        help="The profile (KubeSpawner slug) the waiting room offers instead of waiting: its \"Start ... instead\" "
+        "button gives up the queued spawn and starts this one. Empty: no such button.",
+    )
+    queue_fallback_label = Unicode(
+        "",
+        config=True,
+        help="The fallback profile's name on that button (\"Start CPU Only instead\"); empty: its display_name.",
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The configured timeout, restored for non-queued spawns: a Spawner object lives across spawns.
@@ -661,6 +673,24 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         except QueueApiError:
             return unreadable_message(self.queue_slice_name)
         return queue_message(status, self.queue_slice_name) or f"Joining the queue for a {self.queue_slice_name}..."
+
+    async def queue_fallback(self) -> dict[str, str] | None:
+        """The waiting room's other choice while queued: ``{"slug", "label"}`` of
+        ``queue_fallback_profile`` when it is one of this user's profiles and does not queue itself;
+        None otherwise (no button is shown)."""
+        if not self.queue_fallback_profile:
+            return None
+        profile_list: Any = self._sorted_dict_values(self.profile_list)
+        if callable(profile_list):
+            profile_list = await maybe_future(profile_list(self))
+        for profile in self._get_initialized_profile_list(profile_list or []):
+            if profile.get("slug") != self.queue_fallback_profile:
+                continue
+            if await self.is_queued_spawn({"profile": self.queue_fallback_profile}):
+                self.log.warning("queue_fallback_profile %r queues itself: no fallback offered", profile["slug"])
+                return None
+            return {"slug": str(profile["slug"]), "label": self.queue_fallback_label or str(profile["display_name"])}
+        return None
 
     def _rewrite_event(self, event: ProgressEvent) -> ProgressEvent:
         """Stock event with FailedScheduling text put into plain words (raw_event kept for admins)."""

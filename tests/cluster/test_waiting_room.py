@@ -16,34 +16,13 @@ from typing import Any
 import pytest
 
 from gpu_queue_dev.cluster import DevCluster
-from tests.e2e.browser import User, chromium, new_user
+from tests.e2e.browser import User, chromium, new_user, watch_the_waiting_room, without_javascript
 from tests.helpers.real_hub import running_hub
 from tests.helpers.waiting import wait_for
 from tests.scenarios import Target, gated
 
 pytestmark = pytest.mark.timeout(240)
 TEMPLATES = Path(__file__).resolve().parents[2] / "webhook" / "hub_templates"
-# Reports the tab title, the screen-reader announcement and each notification to the test.
-WATCH_SCRIPT = """
-(() => {
-  const Real = window.Notification;
-  if (Real) {
-    const Watched = function (title, options) {
-      window.gpuQueueSaw("notification", title);
-      return new Real(title, options);
-    };
-    Watched.prototype = Real.prototype;
-    Object.defineProperty(Watched, "permission", { get: () => Real.permission });
-    Watched.requestPermission = (...args) => Real.requestPermission(...args);
-    window.Notification = Watched;
-  }
-  new MutationObserver(() => {
-    window.gpuQueueSaw("title", document.title);
-    const said = document.getElementById("gpu-queue-announce");
-    if (said && said.textContent) window.gpuQueueSaw("announce", said.textContent);
-  }).observe(document, { subtree: true, childList: true, characterData: true });
-})();
-"""
 
 
 async def _holding(target: Target, name: str) -> bool:
@@ -87,10 +66,7 @@ async def test_a_queued_user_reads_her_place_watches_it_move_and_is_told_her_tur
     seen: dict[str, Any] = {}
     async with running_hub(cluster, tmp_path / "hub", template_paths=[TEMPLATES]) as hub, chromium() as browser:
         iris = await new_user(browser, "iris", hub.base_url, tmp_path)
-        await iris.context.grant_permissions(["notifications"], origin=hub.base_url)
-        saw: list[tuple[str, str]] = []
-        await iris.context.expose_binding("gpuQueueSaw", lambda _source, kind, value: saw.append((kind, value)))
-        await iris.context.add_init_script(WATCH_SCRIPT)
+        saw = await watch_the_waiting_room(iris)
         await iris.login()
         await iris.open_options()
         await iris.start("gpu-enabled")
@@ -153,14 +129,86 @@ async def test_without_javascript_the_waiting_room_says_the_place_in_plain_text(
         async with api.post(hub.url("/hub/api/users/noel/server"), json={"profile": "gpu-enabled"}) as response:
             assert response.status == 202, await response.text()
         await wait_for(lambda: _waiting(target, "jupyter-noel"), 30, "noel's server to wait behind abe")
-        context = await browser.new_context(java_script_enabled=False)
-        page = await context.new_page()
-        await page.goto(f"{hub.base_url}/hub/login")
-        await page.fill("#username_input", "noel")
-        await page.fill("#password_input", "any")
-        await page.click("#login_submit")
+        page = await without_javascript(browser, "noel", hub.base_url)
         await page.goto(f"{hub.base_url}/hub/spawn-pending/noel")
         plain = (await page.inner_text("body")).strip()
         assert "Waiting for a GPU slice: position 2 of 2" in plain, plain[:500]
         assert "keeps its place" in plain, plain[:500]
-        await context.close()
+        await page.context.close()
+
+
+async def _gpu_limit(target: Target, name: str) -> str | None:
+    pod = await target.pod(name)
+    if pod is None:
+        return "no pod"
+    notebook = {c["name"]: c for c in pod["spec"]["containers"]}["notebook"]
+    return (notebook.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
+
+
+async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_up_on_his_home_page(
+    one_slice: DevCluster, tmp_path: Path
+) -> None:
+    """Iris waits 2nd (behind Abe), Noel 3rd. Noel's home page shows his place next to Stop. Iris
+    asks for CPU Only, reads what she gives up, keeps waiting once, then confirms: her GPU pod goes,
+    a CPU pod (no GPU, never gated) takes its place, her page follows the new spawn, and Noel's
+    home page says 2 of 2 without a reload."""
+    cluster, target = one_slice
+    seen: dict[str, Any] = {}
+    async with (
+        running_hub(cluster, tmp_path / "hub", template_paths=[TEMPLATES]) as hub,
+        hub.api() as api,
+        chromium() as browser,
+    ):
+        iris = await new_user(browser, "iris", hub.base_url, tmp_path)
+        await iris.login()
+        await iris.open_options()
+        await iris.start("gpu-enabled")
+        await _shows(iris, "#gpu-queue-place", "2nd in line")
+        async with api.post(hub.url("/hub/api/users/noel")) as response:
+            assert response.status == 201, await response.text()
+        async with api.post(hub.url("/hub/api/users/noel/server"), json={"profile": "gpu-enabled"}) as response:
+            assert response.status == 202, await response.text()
+        await wait_for(lambda: _waiting(target, "jupyter-noel"), 30, "noel's server to wait behind iris")
+        noel = await new_user(browser, "noel", hub.base_url, tmp_path)
+        await noel.login()
+        await noel.page.goto(f"{hub.base_url}/hub/home")
+        seen["noel_home"] = await _shows(noel, ".gpu-queue-home-place", "position 3 of 3")
+        beside_stop = await noel.page.evaluate(
+            "document.querySelector('.gpu-queue-home-place').parentElement === "
+            "document.getElementById('stop').parentElement"
+        )
+        assert beside_stop, "the place stands next to the Stop button"
+        await noel.shot("waiting-room-03-home-page-place")
+
+        ask = iris.page.locator("#gpu-queue-switch-ask")
+        assert (await ask.inner_text()).strip() == "Start CPU Only instead"
+        await ask.click()
+        seen["question"] = await _text(iris, "#gpu-queue-switch-question")
+        assert "Give up your place in line?" in seen["question"] and "move up" in seen["question"], seen
+        await iris.shot("waiting-room-04-start-cpu-only-instead")
+        await iris.page.click("#gpu-queue-switch-no")
+        assert await iris.page.locator("#gpu-queue-switch-confirm").is_hidden()
+        assert await _waiting(target, "jupyter-iris"), "'Keep waiting' keeps the queued server"
+        assert await _gpu_limit(target, "jupyter-iris") == "1"
+        gpu_uid = (await target.pod("jupyter-iris") or {})["metadata"]["uid"]
+
+        await ask.click()
+        await iris.page.evaluate("window.gpuQueueOldPage = true")
+        await iris.page.click("#gpu-queue-switch-yes")
+
+        async def cpu_pod() -> dict[str, Any] | None:
+            pod = await target.pod("jupyter-iris")
+            return pod if pod is not None and pod["metadata"]["uid"] != gpu_uid else None
+
+        pod = await wait_for(cpu_pod, 90, "iris's CPU server's pod")
+        assert pod["metadata"]["labels"].get("gpu-queue.io/profile") == "cpu-only", pod["metadata"]["labels"]
+        assert await _gpu_limit(target, "jupyter-iris") is None, "CPU Only asks for no GPU"
+        assert not gated(pod), "a CPU server does not queue"
+        seen["noel_home_after"] = await _shows(noel, ".gpu-queue-home-place", "position 2 of 2")
+        async def followed() -> bool:  # a new document: the page left for the new spawn's page
+            return bool(await iris.page.evaluate("window.gpuQueueOldPage === undefined"))
+
+        await wait_for(followed, 30, "iris's page to follow the CPU spawn")
+        assert "/hub/" in iris.page.url and "iris" in iris.page.url, iris.page.url
+        assert "'_xsrf' argument missing" not in hub.log(), "the page's API calls carry the XSRF token"
+    print(f"[waiting room, cpu instead] {json.dumps(seen)}")

@@ -23,6 +23,28 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 PASSWORD = "gpu-queue-kind"  # tools/kind-hub/values.yaml: DummyAuthenticator.password
 
+# The waiting room's page reports the tab title, the screen-reader announcement and each notification to the test.
+WATCH_SCRIPT = """
+(() => {
+  const Real = window.Notification;
+  if (Real) {
+    const Watched = function (title, options) {
+      window.gpuQueueSaw("notification", title);
+      return new Real(title, options);
+    };
+    Watched.prototype = Real.prototype;
+    Object.defineProperty(Watched, "permission", { get: () => Real.permission });
+    Watched.requestPermission = (...args) => Real.requestPermission(...args);
+    window.Notification = Watched;
+  }
+  new MutationObserver(() => {
+    window.gpuQueueSaw("title", document.title);
+    const said = document.getElementById("gpu-queue-announce");
+    if (said && said.textContent) window.gpuQueueSaw("announce", said.textContent);
+  }).observe(document, { subtree: true, childList: true, characterData: true });
+})();
+"""
+
 
 @asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
@@ -122,3 +144,25 @@ async def new_user(browser: Browser, name: str, hub: str, shots: Path) -> User:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
     return User(name=name, hub=hub, context=context, page=page, shots=shots)
+
+
+async def watch_the_waiting_room(user: User) -> list[tuple[str, str]]:
+    """Notifications allowed (as if the user had clicked "Allow"), and from now on every tab title,
+    screen-reader announcement and notification of the user's pages recorded as (kind, value)."""
+    saw: list[tuple[str, str]] = []
+    await user.context.grant_permissions(["notifications"], origin=user.hub)
+    await user.context.expose_binding("gpuQueueSaw", lambda _source, kind, value: saw.append((kind, value)))
+    await user.context.add_init_script(WATCH_SCRIPT)
+    return saw
+
+
+async def without_javascript(browser: Browser, name: str, hub: str) -> Page:
+    """A page of ``name`` logged in with JavaScript off (the login form needs none)."""
+    context = await browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    await page.goto(f"{hub}/hub/login")
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", PASSWORD)
+    await page.click("#login_submit")
+    await page.wait_for_load_state()
+    return page

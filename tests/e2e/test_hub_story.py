@@ -23,7 +23,6 @@ import contextlib
 import functools
 import os
 import re
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -34,12 +33,12 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.e2e.browser import User, chromium, new_user
-from tests.e2e.kind import REPO, Release, clean_hub_namespace, report, set_slices
+from tests.e2e.kind import Release, clean_hub_namespace, report, set_slices
+from tests.e2e.kind_hub import HUB_NAMESPACE, installed_hub, keep_evidence, shots_folder
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(1500)
 
-HUB_NAMESPACE = "jhub"
 GPU_USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 NINTH, CPU_USER, ADMIN = "iris", "judy", "admin"
 CULL_TIMEOUT, CULL_EVERY = 60, 10
@@ -52,35 +51,15 @@ MEMORY_LIMIT = (
 
 @pytest.fixture(scope="module")
 def hub_url() -> Iterator[str]:
-    """JupyterHub installed into the kind cluster by ``scripts/kind-hub.sh`` (removed afterwards),
-    reached on the worker node's address at ``proxy-public``'s node port (kind's nodes are
-    containers on a network of this host)."""
-    kubeconfig = os.environ["GPU_QUEUE_E2E_KUBECONFIG"]
-    cluster = os.environ["GPU_QUEUE_E2E_CLUSTER"]
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "CULL_TIMEOUT": str(CULL_TIMEOUT), "CULL_EVERY": str(CULL_EVERY)}
-    script = str(REPO / "scripts" / "kind-hub.sh")
-    subprocess.run([script, "--install", cluster], check=True, env=env)
-    kubectl = ["kubectl", "--kubeconfig", kubeconfig]
-    address = subprocess.run(
-        [*kubectl, "get", "node", os.environ["GPU_QUEUE_E2E_GPU_NODE"], "-o",
-         "jsonpath={.status.addresses[?(@.type=='InternalIP')].address}"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    port = subprocess.run(
-        [*kubectl, "-n", HUB_NAMESPACE, "get", "svc", "proxy-public", "-o", "jsonpath={.spec.ports[0].nodePort}"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    try:
-        yield f"http://{address}:{port}"
-    finally:
-        subprocess.run([script, "--uninstall", cluster], check=False, env=env)
+    """The kind hub with the hub's stock pages (``STOCK_PAGES=1``): the story shows that
+    ``QueueAwareKubeSpawner`` needs no template of its own (the waiting room's tests use them)."""
+    with installed_hub(CULL_TIMEOUT=str(CULL_TIMEOUT), CULL_EVERY=str(CULL_EVERY), STOCK_PAGES="1") as url:
+        yield url
 
 
 @pytest.fixture
 def shots() -> Path:
-    root = Path(os.environ.get("GPU_QUEUE_E2E_ARTIFACTS") or REPO / ".e2e-artifacts") / "hub-story"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return shots_folder("hub-story")
 
 
 @contextlib.asynccontextmanager
@@ -110,23 +89,6 @@ async def keep_active(admin: User, idle: set[str]) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert len(errors) <= 3, f"activity reports failed: {errors[-3:]}"
-
-
-async def keep_evidence(pages: dict[str, User], shots: Path) -> None:
-    """On a failure: every open page as a screenshot, the hub namespace's pods, Events and the hub's
-    log, next to the step screenshots."""
-    for name, user in pages.items():
-        with contextlib.suppress(Exception):
-            await user.page.screenshot(path=str(shots / f"failure-{name}.png"))
-            (shots / f"failure-{name}.url").write_text(user.page.url)
-    kubectl = ["kubectl", "--kubeconfig", os.environ["GPU_QUEUE_E2E_KUBECONFIG"], "-n", HUB_NAMESPACE]
-    for what, args in {
-        "pods": ["get", "pods,pvc", "-o", "wide"],
-        "events": ["get", "events", "--sort-by=.lastTimestamp"],
-        "hub-log": ["logs", "deploy/hub", "--tail=300"],
-    }.items():
-        result = subprocess.run([*kubectl, *args], capture_output=True, text=True, check=False)
-        (shots / f"failure-{what}.txt").write_text(result.stdout + result.stderr)
 
 
 async def pod_of(release: Release, user: str) -> dict[str, Any] | None:

@@ -91,6 +91,8 @@ c.QueueAwareKubeSpawner.queue_api_url = settings["queue_api_url"]
 c.QueueAwareKubeSpawner.queue_api_token = settings["queue_api_token"]
 c.QueueAwareKubeSpawner.queue_ca_file = settings["queue_ca_file"]
 c.QueueAwareKubeSpawner.one_gpu_server_per_user = True
+c.QueueAwareKubeSpawner.queue_fallback_profile = "cpu-only"  # the waiting room's other choice
+c.QueueAwareKubeSpawner.queue_fallback_label = "CPU Only"
 c.JupyterHub.template_paths = settings["template_paths"]
 '''
 

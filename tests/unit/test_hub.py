@@ -359,6 +359,26 @@ async def test_gpu_profile_is_queued_and_cpu_profile_is_not(make_user: MakeUser)
     assert not await spawner.is_queued_spawn()
 
 
+async def test_the_waiting_rooms_fallback_is_the_configured_profile_with_its_name_or_label(
+    make_user: MakeUser,
+) -> None:
+    spawner = named_spawner(make_user("alice", hub_config(queue_fallback_profile="cpu-only")), "")
+    assert await spawner.queue_fallback() == {"slug": "cpu-only", "label": "CPU Only - Data Exploration"}
+    labelled = hub_config(queue_fallback_profile="cpu-only", queue_fallback_label="a CPU server")
+    spawner = named_spawner(make_user("bob", labelled), "")
+    assert await spawner.queue_fallback() == {"slug": "cpu-only", "label": "a CPU server"}
+
+
+async def test_no_fallback_is_offered_when_unset_unknown_or_itself_queued(make_user: MakeUser) -> None:
+    assert await named_spawner(make_user("alice"), "").queue_fallback() is None
+    unknown = hub_config(queue_fallback_profile="no-such-profile")
+    assert await named_spawner(make_user("bob", unknown), "").queue_fallback() is None
+    queued = hub_config(queue_fallback_profile="gpu-enabled")
+    assert await named_spawner(make_user("carol", queued), "").queue_fallback() is None, (
+        "a profile that waits in the queue is no way out of the queue"
+    )
+
+
 async def test_queued_profiles_setting_selects_by_slug_or_profile_label(make_user: MakeUser) -> None:
     user = make_user(config=hub_config(queued_profiles=["cpu-only"]))
     spawner = named_spawner(user, "")

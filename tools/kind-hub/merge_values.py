@@ -1,14 +1,15 @@
 """Values and manifests for the kind hub (scripts/kind-hub.sh), without helm or the z2jh chart.
 
     python tools/kind-hub/merge_values.py values -f docs/z2jh-values.yaml -f tools/kind-hub/values.yaml \\
-        [--set-string KEY=VALUE] [--set-env KEY=ENVVAR] [--set-file KEY=PATH] [--release jhub]
+        [--set-string KEY=VALUE] [--set-env KEY=ENVVAR] [--set-file KEY=PATH] [--unset KEY] [--release jhub]
     python tools/kind-hub/merge_values.py manifests --values MERGED.yaml --hub-image TAG
 
 ``values`` prints the merged values as helm computes them for ``helm -f A -f B --set ...``: z2jh
 4.x's chart defaults for the keys tools/kind-hub/jupyterhub_config.py reads (``Z2JH_DEFAULTS``),
 then each ``-f`` file in order (mappings merge key by key, anything else, lists too, is
 replaced), then the ``--set-*`` options (``--set-file`` puts a file's text at KEY, as helm's does;
-``--set-env`` takes the value from an environment variable, so tokens stay off the command line).
+``--set-env`` takes the value from an environment variable, so tokens stay off the command line;
+``--unset`` deletes KEY, as helm's ``--set KEY=null`` does).
 
 ``manifests`` prints every object of the kind hub, to pipe into ``kubectl apply -f -``: the
 ConfigMap hub (jupyterhub_config.py, z2jh.py), the Secret hub (values.yaml = the merged values,
@@ -118,6 +119,18 @@ def set_path(values: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def unset_path(values: dict[str, Any], key: str) -> None:
+    """Delete the dotted ``key`` (helm's ``--set KEY=null``); a key that is not there is an error,
+    so a renamed value cannot be silently left in."""
+    parts = [p.replace("\0", ".") for p in key.replace("\\.", "\0").split(".")]
+    node: Any = values
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise SystemExit(f"error: --unset {key}: no such value")
+    del node[parts[-1]]
+
+
 def _split(option: str, text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -148,6 +161,8 @@ def merged_values(args: argparse.Namespace) -> dict[str, Any]:
     for text in args.set_file:
         key, path = _split("--set-file", text)
         set_path(values, key, Path(path).read_text(encoding="utf-8"))
+    for key in args.unset:
+        unset_path(values, key)
     return values
 
 
@@ -229,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--set-string", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--set-env", action="append", default=[], metavar="KEY=ENVVAR")
     v.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH")
+    v.add_argument("--unset", action="append", default=[], metavar="KEY")
     v.add_argument("--release", default="jhub")
     m = sub.add_parser("manifests", help="print the hub's objects (env CONFIGPROXY_AUTH_TOKEN: the proxy token)")
     m.add_argument("--values", required=True, metavar="MERGED.yaml")
