@@ -104,6 +104,19 @@ class Controller(_Model):
     )
 
 
+class History(_Model):
+    """The queue's history (``webhook.history``): what admins size pools from."""
+
+    enabled: bool = Field(True, description="The leader records each arrival, grant, release and cancel in Redis")
+    retention_days: float = Field(30.0, gt=0, alias="retentionDays", description="Events older than this are trimmed")
+    max_events_per_pool: int = Field(
+        200_000, ge=1000, alias="maxEventsPerPool", description="A cap per pool (about 49 bytes per event)"
+    )
+    record_user_names: bool = Field(
+        False, alias="recordUserNames", description="Keep the user's name with each event (off: an opaque id only)"
+    )
+
+
 class Admission(_Model):
     requested_at_trust_seconds: float = Field(
         30.0,
@@ -139,6 +152,7 @@ class Config(_Model):
     api: Api = Field(default_factory=Api)
     controller: Controller = Field(default_factory=Controller)
     admission: Admission = Field(default_factory=Admission)
+    history: History = Field(default_factory=History)
     kubeconfig: Path | None = Field(None, description="Default: in-cluster, then ~/.kube/config")
     log_level: str = Field("INFO", alias="logLevel")
 

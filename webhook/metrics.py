@@ -131,3 +131,10 @@ TLS_RELOADS = Counter(
     namespace=_NS,
     registry=REGISTRY,
 )
+HISTORY_EVENTS = Counter(
+    "history_events_total",
+    "Queue history events by outcome: written, dropped (buffer full), lost (Redis did not answer)",
+    ["outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
+)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from webhook.clock import ApiServerClock
 from webhook.config import Config
 from webhook.controller import QueueController
 from webhook.grants import PoolPlan
+from webhook.history import HistoryStore
 from webhook.kube import Kube, load_client
 from webhook.models import Admitted
 from webhook.protocols import QueueStore, StoreUnavailable
@@ -192,7 +193,17 @@ async def _run_controller(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
     kube = Kube(api, on_date=clock.observe)
-    controller = QueueController(config, kube, store, clock=clock.now)
+    history = (
+        HistoryStore.from_config(
+            config,
+            retention=timedelta(days=config.history.retention_days),
+            cap=config.history.max_events_per_pool,
+            clock=clock.now,
+        )
+        if config.history.enabled
+        else None
+    )
+    controller = QueueController(config, kube, store, history=history, clock=clock.now)
     cluster.controller = controller
     on_running()
     try:
@@ -200,3 +211,5 @@ async def _run_controller(
     finally:
         cluster.controller = None
         await kube.aclose()
+        if history is not None:
+            await history.aclose()

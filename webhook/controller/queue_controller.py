@@ -29,11 +29,13 @@ from webhook.config import Config
 from webhook.controller.cache import WatchCache
 from webhook.controller.events import WRITERS, EventWriter, human
 from webhook.controller.gate import ungate
+from webhook.controller.history_writer import HistoryWriter, Kind
 from webhook.controller.positions import PositionEvents
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
-from webhook.grants import NOTE_LAG, PoolPlan, due_grants
+from webhook.grants import NOTE_LAG, PoolPlan, due_grants, slices_of
+from webhook.history import HistoryStore
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
 from webhook.models import Admitted
 from webhook.pods import format_time, pointer
@@ -57,6 +59,7 @@ class QueueController:
         kube: Kube,
         store: QueueStore | None,
         *,
+        history: HistoryStore | None = None,
         identity: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -79,6 +82,8 @@ class QueueController:
         self.positions = PositionEvents(config, self.breaker, self.event_writer)
         self.stuck_heads = StuckHeads(config, self.writer, self.cache, self.event_writer)
         self.indexed: set[str] = set()  # queued keys the store has (as far as we know)
+        # The queue's history (arrivals, grants, releases, cancels), written off the grant path.
+        self.history = HistoryWriter(history, config.history) if history is not None else None
         self.last_rebuild = 0.0
         self.next_due = float("inf")  # monotonic: a settling head becomes grantable, or an Event may go
         # Pods that left the cache lately (key -> monotonic): seen, so their admission notes are not
@@ -176,6 +181,8 @@ class QueueController:
             asyncio.create_task(self._leader_loop(), name="leader-loop"),
             *(asyncio.create_task(self.event_writer.run(), name=f"event-writer-{i}") for i in range(WRITERS)),
         ]
+        if self.history is not None:
+            tasks.append(asyncio.create_task(self.history.run(), name="history-writer"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -282,6 +289,7 @@ class QueueController:
                         await self.breaker.call("enqueue", store.enqueue(old.pool, entry_of(old), keep))
                     await self.breaker.call("remove", store.remove(old.pool, old.key, keep))
                 self.indexed.discard(old.key)
+                self._note("cancel", old, now, wait=_since(old.requested_at, now))
                 log.info(
                     "queued pod left",
                     extra={"ctx": {"pod": old.key, "user": old.user, "keep_place": pool.keep_place_seconds}},
@@ -294,6 +302,7 @@ class QueueController:
     async def _record_releases(self, released: list[PodView], now: datetime) -> None:
         store = self.breaker.store
         for old in released:
+            self._note("release", old, now, hold=_since(old.granted_at, now))
             if store is not None and old.pool is not None:
                 await self.breaker.call("release", store.release(old.pool, old.key, now))
 
@@ -311,6 +320,7 @@ class QueueController:
             if effective is None:
                 return  # the store is down: retry on the next pass
             self.indexed.add(view.key)
+            self._note("arrival", replace(view, requested_at=effective.requested_at), effective.requested_at)
             if view.requested_at is not None and effective.requested_at < view.requested_at:
                 await self._restore_place(view, effective.requested_at)
 
@@ -361,6 +371,7 @@ class QueueController:
             metrics.GRANTS.labels(name).inc()
             waited = (now - head.requested_at).total_seconds() if head.requested_at else 0.0
             metrics.WAIT_TIME.labels(name).observe(max(0.0, waited))
+            self._note("grant", head, now, wait=max(0.0, waited))
             self.indexed.discard(head.key)
             self.positions.forget(head.key)
             store = self.breaker.store
@@ -385,6 +396,15 @@ class QueueController:
         for key in [k for k, at in self.left.items() if at < cutoff]:
             del self.left[key]
         return await self.breaker.call("admitted", store.admitted(name, now - NOTE_LAG))
+
+    def _note(
+        self, kind: Kind, view: PodView, at: datetime, *, wait: float | None = None, hold: float | None = None
+    ) -> None:
+        """One history event of a pool pod (nothing when history is off)."""
+        if self.history is None or view.pool is None or view.pool not in self.config.pools:
+            return
+        slices = slices_of(view, self.config.pools[view.pool])
+        self.history.note(kind, view, view.pool, slices, at, wait=wait, hold=hold)
 
     def _export(self, name: str, pool_plan: PoolPlan) -> None:
         metrics.PENDING.labels(name).set(len(pool_plan.queue))
@@ -413,6 +433,10 @@ class QueueController:
             # rebuild already queued the pod with its new stamp.
             self.indexed = {v.key for p in plans.values() for v in p.queue if v.key in self.indexed}
         self.last_rebuild = time.monotonic()
+
+
+def _since(then: datetime | None, now: datetime) -> float | None:
+    return None if then is None else max(0.0, (now - then).total_seconds())
 
 
 class _Seen:
