@@ -47,6 +47,25 @@ docker_cmd() {
   if docker info >/dev/null 2>&1; then docker "$@"; else $sudo docker "$@"; fi
 }
 
+# The engine's PATH: the system's only. containerd starts the shim it finds first on its PATH, and
+# the project's tool cache (kind's node image) holds containerd v2's shim, whose start-up answer
+# containerd 1.6 cannot read ("failed to start shim: ... dial unix \x00...unix://..."): every
+# container then fails to start.
+engine_path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+pid_alive() { [ -s "$pidfile" ] && $sudo kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+# Our own engine (pidfile) started with another PATH, by an earlier version of this script: its
+# containerd would start whichever shim that PATH finds first. Stop it; it is started again below.
+if engine_answers && pid_alive; then
+  running_path=$($sudo tr '\0' '\n' <"/proc/$(cat "$pidfile")/environ" 2>/dev/null | sed -n 's/^PATH=//p' || true)
+  if [ -n "$running_path" ] && [ "$running_path" != "$engine_path" ]; then
+    say "dockerd (pid $(cat "$pidfile")) runs with PATH=${running_path}; restarting it with the system's PATH"
+    $sudo kill "$(cat "$pidfile")" 2>/dev/null || true
+    for _ in $(seq 1 100); do pid_alive || break; sleep 0.2; done
+    pid_alive && die "dockerd (pid $(cat "$pidfile")) did not stop"
+  fi
+fi
+
 if engine_answers; then
   say "engine already answers (server $(docker_cmd info --format '{{.ServerVersion}}' 2>/dev/null)); nothing to do"
   exit 0
@@ -219,8 +238,6 @@ if json.dumps(doc, sort_keys=True) != before or not os.path.exists(path):
 PY
 
 # --- 3. dockerd -------------------------------------------------------------------------------
-pid_alive() { [ -s "$pidfile" ] && $sudo kill -0 "$(cat "$pidfile")" 2>/dev/null; }
-
 if engine_answers; then
   # A package's post-install script may have started an engine already.
   say "an engine started meanwhile (default runtime $(docker_cmd info --format '{{.DefaultRuntime}}'))"
@@ -231,7 +248,7 @@ else
   $sudo rm -f "$pidfile"
   printf '\n--- %s: scripts/docker.sh starts dockerd\n' "$(date -u +%FT%TZ)" >>"$log"
   # setsid: the engine outlives this script and its terminal's process group.
-  $sudo setsid dockerd --pidfile "$pidfile" >>"$log" 2>&1 </dev/null &
+  $sudo setsid env PATH="$engine_path" dockerd --pidfile "$pidfile" >>"$log" 2>&1 </dev/null &
   started=$!
 fi
 
