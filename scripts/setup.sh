@@ -2,7 +2,8 @@
 # Prepare a fresh Debian/Ubuntu machine for gpu-queue's demo and tests:
 #   - redis-server from Debian's packages (the queue store; the tests start their own servers),
 #     libfaketime (a cluster test skews one replica's clock) and chromium (the kind tier's hub
-#     story drives it headless through Playwright),
+#     story drives it headless through Playwright), gcc, pkg-config and libseccomp-dev (the kind
+#     tier's node image needs a runc built with seccomp: tools/build-kind.sh),
 #   - a virtualenv in .venv with the package and its test/dev/hub extras (the newest JupyterHub),
 #   - a second one, .venv-hub5, with JupyterHub 5.5 (what zero-to-jupyterhub 4.x ships), in which
 #     `make test` runs the hub tests again,
@@ -15,11 +16,13 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # libfaketime: the cluster tier runs one service replica with its clock 30 s off. chromium: the
 # browser of tests/e2e/test_hub_story.py (Playwright drives /usr/bin/chromium; no download).
 if ! command -v redis-server >/dev/null 2>&1 || ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 \
-  || ! [ -x /usr/bin/chromium ]; then
-  say "installing redis-server, libfaketime and chromium (Debian packages)"
+  || ! [ -x /usr/bin/chromium ] || ! command -v gcc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1 \
+  || ! pkg-config --exists libseccomp 2>/dev/null; then
+  say "installing redis-server, libfaketime, chromium, gcc, pkg-config and libseccomp-dev (Debian packages)"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server libfaketime chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server libfaketime chromium gcc pkg-config \
+    libseccomp-dev >/dev/null
 fi
 # Debian starts a system redis on 6379 after install; nothing here uses it (every test and the
 # demo start their own on free ports).
