@@ -56,6 +56,37 @@ def _api_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
+MAX_REPORT_DAYS = 366
+MAX_WHAT_IF = 256  # slice counts up to this, or up to 4x the first, per --what-if range
+
+
+def _report_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of days such as 7 or 0.5, got {text!r}") from None
+    if not 0 < days <= MAX_REPORT_DAYS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_REPORT_DAYS} days, got {text}")
+    return days
+
+
+def _slice_range(text: str) -> range:
+    """``A..B`` (inclusive) or ``N``; bounded so a replay per count stays quick."""
+    low_text, sep, high_text = text.partition("..")
+    try:
+        low = int(low_text)
+        high = int(high_text) if sep else low
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slice counts as A..B such as 8..16, got {text!r}") from None
+    if low < 0:
+        raise argparse.ArgumentTypeError(f"slice counts must be >= 0, got {text}")
+    if low > high:
+        raise argparse.ArgumentTypeError(f"the first count must not exceed the last (A..B with A <= B), got {text}")
+    if high > MAX_WHAT_IF and high > 4 * low:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WHAT_IF} slices or 4x the first count (e.g. 8..32), got {text}")
+    return range(low, high + 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-queue",
@@ -138,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     q_mv.add_argument("position", type=int)
     q_mv.add_argument("--reason", default="", help="logged with the edit")
     q_mv.set_defaults(run=_lazy("webhook.admin:run_queue_move"))
+
+    report = sub.add_parser(
+        "report", help="waits, use and what other slice counts would have done, from the queue's history in Redis"
+    )
+    report.add_argument(
+        "--config",
+        default=os.environ.get("GPU_QUEUE_CONFIG"),
+        help="YAML configuration file (env GPU_QUEUE_CONFIG): its redis.url, redis.keyPrefix and pool capacities",
+    )
+    report.add_argument("--pool", default=None, help="only this pool; default: every pool with history")
+    report.add_argument("--days", type=_report_days, default=7.0, help="the period: the last DAYS days (default 7)")
+    report.add_argument(
+        "--what-if",
+        type=_slice_range,
+        default=None,
+        metavar="A..B",
+        help="slice counts to replay the requests against, inclusive; default: the capacity to twice it",
+    )
+    report.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    report.set_defaults(run=_lazy("webhook.report_command:run_report"))
 
     for name, helptext in _DEV_COMMANDS.items():
         sub.add_parser(name, help=f"{helptext} (development tooling: needs the dev extra)", add_help=False)
