@@ -117,6 +117,38 @@ class History(_Model):
     )
 
 
+class Dashboard(_Model):
+    """The admins' dashboard, a JupyterHub service (``webhook.dashboard``) on a plain-HTTP port of
+    its own: the hub's proxy reaches it as z2jh reaches the hub, in-cluster over HTTP."""
+
+    enabled: bool = False
+    port: int = Field(8090, ge=1, le=65535, description="Plain HTTP; hub.services.gpu-queue.url points here")
+    hub_api_url: str = Field(
+        "http://hub.jhub.svc:8081/hub/api", alias="hubApiUrl", description="The hub's API as the service reaches it"
+    )
+    hub_public_url: str = Field(
+        "", alias="hubPublicUrl", description="The hub as browsers reach it, without /hub; empty: the same origin"
+    )
+    service_prefix: str = Field("/services/gpu-queue/", alias="servicePrefix")
+    oauth_redirect_uri: str = Field(
+        "",
+        alias="oauthRedirectUri",
+        description="As the hub has it (oauth_redirect_uri); empty: <hubPublicUrl><servicePrefix>oauth_callback",
+    )
+    api_token: SecretStr = Field(
+        SecretStr(""), alias="apiToken", description="hub.services.gpu-queue.apiToken: the OAuth client secret"
+    )
+    names_for: str = Field("admins", alias="namesFor", pattern="^(admins|everyone|nobody)$")
+    allow_non_admins: bool = Field(True, alias="allowNonAdmins", description="Others see the queue without names")
+    admin_groups: list[str] = Field(default_factory=list, alias="adminGroups")
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> Dashboard:
+        if self.enabled and not self.api_token.get_secret_value():
+            raise ValueError("dashboard.apiToken is required when the dashboard is enabled (the hub service's token)")
+        return self
+
+
 class Admission(_Model):
     requested_at_trust_seconds: float = Field(
         30.0,
@@ -153,6 +185,7 @@ class Config(_Model):
     controller: Controller = Field(default_factory=Controller)
     admission: Admission = Field(default_factory=Admission)
     history: History = Field(default_factory=History)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
     kubeconfig: Path | None = Field(None, description="Default: in-cluster, then ~/.kube/config")
     log_level: str = Field("INFO", alias="logLevel")
 

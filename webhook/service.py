@@ -13,8 +13,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -31,6 +31,9 @@ from webhook.protocols import QueueStore, StoreUnavailable
 from webhook.redis_store import RedisQueueStore
 from webhook.server.health import READINESS
 from webhook.server.parts import Parts
+
+if TYPE_CHECKING:
+    from webhook.dashboard.source import PoolSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,49 @@ def build(config: Config, clock: ApiServerClock) -> Parts:
             await task
 
     notes = StoreNotes(store, timeout=min(0.25, config.redis.timeout_seconds))
-    return Parts([redis_store, queue_controller], create_api_app(config, store, cluster), notes)
+    dashboard = build_dashboard(config, store, cluster) if config.dashboard.enabled else None
+    return Parts([redis_store, queue_controller], create_api_app(config, store, cluster), notes, dashboard)
+
+
+def build_dashboard(config: Config, store: RedisQueueStore, cluster: ClusterProxy) -> web.Application:
+    """The admins' dashboard (``webhook.dashboard``): live holders and queue from the queue store
+    and the controller's cache, reports from the history; served on ``dashboard.port``."""
+    from webhook.dashboard import DashboardSettings, HistorySource, create_dashboard_site, snapshot_from
+
+    d = config.dashboard
+    settings = DashboardSettings(
+        hub_api_url=d.hub_api_url,
+        hub_public_url=d.hub_public_url,
+        service_prefix=d.service_prefix,
+        oauth_redirect_uri=d.oauth_redirect_uri,
+        api_token=d.api_token,
+        names_for=d.names_for,
+        allow_non_admins=d.allow_non_admins,
+        admin_groups=tuple(d.admin_groups),
+        max_days=max(1, int(config.history.retention_days)),
+        default_days=min(7, max(1, int(config.history.retention_days))),
+    )
+    history = HistoryStore.from_config(config)
+
+    async def snapshot(pool: str) -> PoolSnapshot:
+        capacity, in_use = cluster.pool_usage(pool)
+        holders, entries = await asyncio.gather(store.holders(pool), store.entries(pool, 0, -1))
+        return snapshot_from(pool, capacity, in_use, holders, entries, datetime.now(UTC))
+
+    def capacities() -> dict[str, int | None]:
+        """The configured count, or (``auto``) what the controller counts on the nodes now."""
+        return {
+            name: pool.capacity if isinstance(pool.capacity, int) else (cluster.pool_usage(name)[0] or None)
+            for name, pool in config.pools.items()
+        }
+
+    app = create_dashboard_site(settings, HistorySource(history, snapshot, capacities))
+
+    async def close(app: web.Application) -> None:
+        await history.aclose()
+
+    app.on_cleanup.append(close)
+    return app
 
 
 class ControllerSupervisor:

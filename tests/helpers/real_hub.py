@@ -79,9 +79,11 @@ c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.cleanup_servers = False  # as zero-to-jupyterhub: pods outlive a hub restart
-c.JupyterHub.services = [{"name": "test-driver", "api_token": settings["driver_token"]}]
+c.JupyterHub.services = [{"name": "test-driver", "api_token": settings["driver_token"]}, *settings["services"]]
+c.Authenticator.admin_users = set(settings["admin_users"])
 c.JupyterHub.load_roles = [
-    {"name": "test-driver", "scopes": settings["driver_scopes"], "services": ["test-driver"]}
+    {"name": "test-driver", "scopes": settings["driver_scopes"], "services": ["test-driver"]},
+    {"name": "user", "scopes": ["self", *settings["user_scopes"]]},
 ]
 c.JupyterHub.spawner_class = "webhook.hub.QueueAwareKubeSpawner"
 c.Spawner.consecutive_failure_limit = 5  # zero-to-jupyterhub's default
@@ -168,10 +170,16 @@ def hub_settings(
     public_port: int,
     token: str,
     template_paths: Sequence[Path] = (),
+    services: Sequence[dict[str, Any]] = (),
+    admin_users: Sequence[str] = (),
+    user_scopes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """What the config file reads: the dev cluster's queue API and the docs' profileList."""
     return {
         "template_paths": [str(p) for p in template_paths],
+        "services": list(services),
+        "admin_users": list(admin_users),
+        "user_scopes": list(user_scopes),
         "hub_port": hub_port,
         "public_url": f"http://127.0.0.1:{public_port}",
         "db_file": str(state_dir / "jupyterhub.sqlite"),
@@ -188,16 +196,30 @@ def hub_settings(
 
 @asynccontextmanager
 async def running_hub(
-    cluster: DevCluster, state_dir: Path, *, start_within: float = 60.0, template_paths: Sequence[Path] = ()
+    cluster: DevCluster,
+    state_dir: Path,
+    *,
+    start_within: float = 60.0,
+    template_paths: Sequence[Path] = (),
+    services: Sequence[dict[str, Any]] = (),
+    admin_users: Sequence[str] = (),
+    user_scopes: Sequence[str] = (),
 ) -> AsyncIterator[RealHub]:
     """Start the hub in ``state_dir`` and wait until its API answers; always stop it afterwards
     (SIGTERM, then SIGKILL), keeping its log in ``state_dir/jupyterhub.log``. ``template_paths``:
-    the hub's own page templates (none: the stock pages)."""
+    the hub's own page templates (none: the stock pages); ``services``: more JupyterHub services
+    (``c.JupyterHub.services`` entries); ``admin_users``: the hub's admins; ``user_scopes``: more
+    scopes of every user (the ``user`` role, after ``self``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     hub_port, public_port = free_ports(2)
     token = secrets.token_hex(32)
     (state_dir / "settings.json").write_text(
-        json.dumps(hub_settings(cluster, state_dir, hub_port, public_port, token, template_paths), indent=2)
+        json.dumps(
+            hub_settings(
+                cluster, state_dir, hub_port, public_port, token, template_paths, services, admin_users, user_scopes
+            ),
+            indent=2,
+        )
     )
     config = state_dir / "jupyterhub_config.py"
     config.write_text(HUB_CONFIG)

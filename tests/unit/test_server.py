@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from tests.helpers.reviews import request_review
 from tests.helpers.waiting import wait_for
@@ -575,3 +576,31 @@ async def test_store_notes_rest_after_a_failure_so_an_outage_adds_no_wait() -> N
     notes.resting_until = 0.0
     assert await notes.note("gpu", note) is True
     assert [a.name for a in await store.admitted("gpu", note.since)] == ["jupyter-alice"]
+
+
+async def test_serve_puts_the_enabled_dashboard_on_its_own_plain_port_behind_the_hubs_login(
+    tls_config: tuple[Config, ssl.SSLContext],
+) -> None:
+    config, _ = tls_config
+    port = _free_port()
+    dashboard = {"enabled": True, "port": port, "hub_api_url": "http://hub.example:8081/hub/api"}
+    dashboard["api_token"] = SecretStr("t" * 64)
+    config = config.model_copy(update={"dashboard": config.dashboard.model_copy(update=dashboard)})
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.serve(config, stop))
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def answering() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/services/gpu-queue/", allow_redirects=False) as r:
+                        return r.status == 302 and "/hub/api/oauth2/authorize?" in r.headers["Location"]
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await _until(answering)
+            async with session.get(f"http://127.0.0.1:{port}/mutate") as r:
+                assert r.status == 404, "the dashboard's port serves the dashboard only"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

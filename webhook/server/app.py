@@ -94,6 +94,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
     side_runner: web.AppRunner | None = None
+    # No access log: the OAuth callback's URL carries the hub's one-time code.
+    dashboard_runner = web.AppRunner(parts.dashboard_app, access_log=None) if parts.dashboard_app else None
     try:
         await runner.setup()
         await web.TCPSite(runner, config.server.host, config.server.port, ssl_context=reloader.context).start()
@@ -101,6 +103,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             side_runner = web.AppRunner(create_metrics_app(readiness), access_log=None)
             await side_runner.setup()
             await web.TCPSite(side_runner, config.server.host, config.server.metrics_port).start()
+        if dashboard_runner is not None:
+            await dashboard_runner.setup()
+            await web.TCPSite(dashboard_runner, config.server.host, config.dashboard.port).start()
         # Everything loaded at start (modules, config, pydantic schemas) lives for the whole run:
         # move it out of the collector's reach. Otherwise each (rare) full collection scans it
         # all, about 30 ms on a small node, stalling every in-flight admission: the far tail.
@@ -113,6 +118,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 "ctx": {
                     "https": f"{config.server.host}:{config.server.port}",
                     "metrics": config.server.metrics_port or None,
+                    "dashboard": config.dashboard.port if dashboard_runner is not None else None,
                 }
             },
         )
@@ -124,6 +130,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         if side_runner is not None:
             await side_runner.cleanup()
+        if dashboard_runner is not None:
+            await dashboard_runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
@@ -148,7 +156,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(
             f"error: cannot listen on {config.server.host} (server.port {config.server.port}, "
-            f"server.metricsPort {config.server.metrics_port}): {exc.strerror or exc}; "
+            f"server.metricsPort {config.server.metrics_port}, dashboard.port {config.dashboard.port}): "
+            f"{exc.strerror or exc}; "
             "another process may hold the port",
             file=sys.stderr,
         )

@@ -15,8 +15,10 @@ Component = Callable[[web.Application], AsyncIterator[None]]
 
 @dataclass(frozen=True)
 class Parts:
-    """What ``build_components`` wires: cleanup_ctx components, the API sub-app, admission notes."""
+    """What ``build_components`` wires: cleanup_ctx components, the API sub-app, admission notes
+    and the dashboard (served on a port of its own)."""
 
     components: list[Component] = field(default_factory=list)
     api_app: web.Application | None = None
     notes: AdmissionNotes | None = None
+    dashboard_app: web.Application | None = None
