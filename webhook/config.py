@@ -136,17 +136,14 @@ class Dashboard(_Model):
         description="As the hub has it (oauth_redirect_uri); empty: <hubPublicUrl><servicePrefix>oauth_callback",
     )
     api_token: SecretStr = Field(
-        SecretStr(""), alias="apiToken", description="hub.services.gpu-queue.apiToken: the OAuth client secret"
+        SecretStr(""),
+        alias="apiToken",
+        description="hub.services.gpu-queue.apiToken, the OAuth client secret; default: the first of api.readTokens",
     )
     names_for: str = Field("admins", alias="namesFor", pattern="^(admins|everyone|nobody)$")
     allow_non_admins: bool = Field(True, alias="allowNonAdmins", description="Others see the queue without names")
     admin_groups: list[str] = Field(default_factory=list, alias="adminGroups")
 
-    @model_validator(mode="after")
-    def _token_when_enabled(self) -> Dashboard:
-        if self.enabled and not self.api_token.get_secret_value():
-            raise ValueError("dashboard.apiToken is required when the dashboard is enabled (the hub service's token)")
-        return self
 
 
 class Admission(_Model):
@@ -191,6 +188,13 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.dashboard.enabled and not self.dashboard.api_token.get_secret_value():
+            if not self.api.read_tokens:
+                raise ValueError(
+                    "dashboard.enabled needs the hub service's token: set dashboard.apiToken or api.readTokens "
+                    "(z2jh's hub.services.gpu-queue.apiToken)"
+                )
+            object.__setattr__(self.dashboard, "api_token", self.api.read_tokens[0])
         if not self.profile_label:
             object.__setattr__(self, "profile_label", f"{self.prefix}/profile")
         for name, profile in self.profiles.items():

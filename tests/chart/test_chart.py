@@ -69,6 +69,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "16-slices": {"config": {"pools": {"gpu": {"capacity": 16}}}},
     "two-pools": TWO_POOLS,
     "existing-secret": {"api": {"existingSecret": "gpu-queue-tokens"}},
+    "dashboard-on": {"networkPolicy": {"enabled": True}, "config": {"dashboard": {"enabled": True}}},
     "everything-on": {
         "hubNamespaces": ["jhub", "jhub-staging"],
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
@@ -89,6 +90,7 @@ EXPECTED_CONFIG: dict[str, tuple[dict[str, str | None], dict[str, int | str]]] =
     "two-pools": ({"cpu-only": None, "gpu-enabled": "gpu", "a100-large": "a100"}, {"gpu": "auto", "a100": 4}),
     "existing-secret": ({"cpu-only": None, "gpu-enabled": "gpu"}, {"gpu": "auto"}),
     "everything-on": ({"cpu-only": None, "gpu-enabled": "gpu"}, {"gpu": "auto"}),
+    "dashboard-on": ({"cpu-only": None, "gpu-enabled": "gpu"}, {"gpu": "auto"}),
 }
 
 
@@ -387,7 +389,8 @@ def test_rendered_config_loads_with_the_service_loader(case: str, tmp_path: Path
     assert config.controller.lease_name == f"{FULLNAME}-leader"
     assert config.server.port == 8443 and config.server.metrics_port == 8080
     ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
-    assert ports == {"https": 8443, "metrics": 8080}
+    dashboard = {"dashboard": config.dashboard.port} if config.dashboard.enabled else {}
+    assert ports == {"https": 8443, "metrics": 8080} | dashboard
     tls_mount = next(m for m in container(objects)["volumeMounts"] if m["name"] == "tls")
     assert config.tls.cert_file.parent == Path(tls_mount["mountPath"])
     assert config.api.read_tokens, "the API would refuse every request without a read token"
@@ -747,3 +750,17 @@ def test_extra_dns_names_reach_both_certificate_modes() -> None:
     cert_manager = render_chart({"certs": {"mode": "certManager", "extraDnsNames": ["localhost"]}})
     served = [o for o in find(cert_manager, "Certificate") if "localhost" in o["spec"].get("dnsNames", [])]
     assert len(served) == 1
+
+
+def test_the_dashboard_gets_a_port_a_service_port_and_only_the_hubs_proxy_may_reach_it(tmp_path: Path) -> None:
+    objects = rendered("dashboard-on")
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert ports["dashboard"] == 8090
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "gpu-queue")
+    assert {"name": "dashboard", "port": 8090, "targetPort": "dashboard", "protocol": "TCP"} in service["spec"]["ports"]
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "gpu-queue")
+    rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "dashboard")
+    assert rule["from"][0]["podSelector"] == {"matchLabels": {"component": "proxy"}}
+    config = service_config(objects, tmp_path)
+    assert config.dashboard.enabled and config.dashboard.port == 8090
+    assert "dashboard" not in {p["name"] for p in container(rendered("default"))["ports"]}, "off by default"
