@@ -490,7 +490,8 @@ def wait_percentiles_chart(
     count = (max(by_day) - first).days + 1
     calendar = [first + timedelta(days=i) for i in range(count)]
     unit, factor = _wait_unit(max(values))
-    y_step, y_top = _float_axis(max(values) / factor)
+    # Waits under a second (a free slice) on a 0-1 s axis: finer ticks would round to one label.
+    y_step, y_top = _float_axis(max(max(values) / factor, 1.0 if unit == "s" else 0.0))
     band = frame.plot_width / count
 
     def x_of(index: int) -> float:

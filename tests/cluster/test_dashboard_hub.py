@@ -22,6 +22,7 @@ from gpu_queue_dev.cluster.procs import free_ports
 from tests.e2e.browser import chromium, new_user
 from tests.helpers.real_hub import RealHub, running_hub
 from tests.helpers.waiting import wait_for
+from tests.invariants import pool_status
 from tests.scenarios import Target, gated
 from webhook.config import Config
 from webhook.redis_store import RedisQueueStore
@@ -31,8 +32,21 @@ pytestmark = pytest.mark.timeout(240)
 PREFIX = "/services/gpu-queue/"
 
 
+class RunningServiceUsage:
+    """The slices in use as the running service's leader counts them (its queue API's
+    ``/pools``), for a dashboard built in this process, which runs no controller of its own."""
+
+    def __init__(self, pools: dict[str, tuple[int, int]]) -> None:
+        self.pools = pools
+
+    def pool_usage(self, pool: str) -> tuple[int, int]:
+        return self.pools.get(pool, (0, 0))
+
+
 @asynccontextmanager
-async def dashboard(cluster: DevCluster, hub: RealHub, port: int, token: str) -> AsyncIterator[str]:
+async def dashboard(
+    cluster: DevCluster, hub: RealHub, port: int, token: str, usage: RunningServiceUsage
+) -> AsyncIterator[str]:
     """The dashboard as ``serve`` builds it, on the dev cluster's Redis, at 127.0.0.1:port."""
     base = cluster.service_config.model_dump(by_alias=True, mode="json")
     base["redis"]["url"] = cluster.redis_url
@@ -46,7 +60,9 @@ async def dashboard(cluster: DevCluster, hub: RealHub, port: int, token: str) ->
     }
     config = Config.model_validate(base)
     store = RedisQueueStore.from_config(config)
-    runner = web.AppRunner(build_dashboard(config, store, ClusterProxy()), access_log=None)
+    cluster_view = ClusterProxy()
+    cluster_view.controller = usage  # type: ignore[assignment]  # only pool_usage is read
+    runner = web.AppRunner(build_dashboard(config, store, cluster_view), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -68,6 +84,9 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
         return pod is not None and gated(pod)
 
     await wait_for(abe_waits, 30, "abe to wait behind hana")
+    gpu = await pool_status(target, "gpu")
+    usage = RunningServiceUsage({"gpu": (gpu["capacity"], gpu["inUse"])})
+    assert usage.pools["gpu"] == (1, 1), gpu
     (port,) = free_ports(1)
     token = secrets.token_hex(32)
     service = {
@@ -86,7 +105,7 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
             # what the docs' values give every user: the right to open the service (its OAuth)
             user_scopes=["access:services!service=gpu-queue"],
         ) as hub,
-        dashboard(clean_cluster, hub, port, token) as url,
+        dashboard(clean_cluster, hub, port, token, usage) as url,
         chromium() as browser,
     ):
         async with aiohttp.ClientSession() as anonymous, anonymous.get(url, allow_redirects=False) as answer:
@@ -106,6 +125,7 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
         assert {"hana", "abe"} <= words, "a hub admin sees who holds and who waits"
         assert page.count("<svg") >= 3, "the three charts"
         assert "What if" in page
+        assert "1 / 1" in await admin.page.inner_text("body"), "in use of capacity, as the leader counts them"
         await admin.shot("dashboard-01-admin")
 
         bob = await new_user(browser, "bob", hub.base_url, tmp_path)

@@ -42,7 +42,20 @@ def test_the_docs_screenshots_are_steps_the_browser_test_takes() -> None:
 def test_the_waiting_room_screenshots_are_steps_of_its_browser_test() -> None:
     test = (REPO / "tests" / "cluster" / "test_waiting_room.py").read_text()
     steps = set(re.findall(r'\.shot\("([^"]+)"\)', test))
-    shown = {t for t in relative_links(REPO / "docs" / "users.md") if t.startswith("images/waiting-room-")}
+    shown = {
+        t
+        for t in relative_links(REPO / "docs" / "users.md")
+        if t.startswith("images/waiting-room-") and not t.startswith("images/waiting-room-kind-")
+    }
     assert shown, "docs/users.md shows no screenshot of the waiting room"
     unknown = [t for t in shown if Path(t).stem not in steps]
     assert not unknown, f"screenshots no step of tests/cluster/test_waiting_room.py takes: {unknown}"
+
+
+def test_the_waiting_rooms_kind_screenshots_are_steps_of_its_kind_test() -> None:
+    test = (REPO / "tests" / "e2e" / "test_waiting_room_kind.py").read_text()
+    steps = set(re.findall(r'\.shot\("([^"]+)"\)', test))
+    shown = {t for t in relative_links(REPO / "docs" / "users.md") if t.startswith("images/waiting-room-kind-")}
+    assert shown, "docs/users.md shows no screenshot of the waiting room on kind"
+    unknown = [t for t in shown if Path(t).stem.removeprefix("waiting-room-kind-") not in steps]
+    assert not unknown, f"screenshots no step of tests/e2e/test_waiting_room_kind.py takes: {unknown}"

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +47,15 @@ WATCH_SCRIPT = """
 
 
 @asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    """Headless Chromium; Playwright gives every launch a fresh, temporary user-data-dir."""
+async def chromium(secure_origins: Sequence[str] = ()) -> AsyncIterator[Browser]:
+    """Headless Chromium; Playwright gives every launch a fresh, temporary user-data-dir.
+    ``secure_origins``: plain-HTTP origins treated as secure (notifications need a secure origin;
+    127.0.0.1 is one already, a kind node's address is not)."""
+    flags = list(CHROMIUM_FLAGS)
+    if secure_origins:
+        flags.append("--unsafely-treat-insecure-origin-as-secure=" + ",".join(secure_origins))
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
         try:
             yield browser
         finally:

@@ -66,7 +66,7 @@ async def test_the_waiting_room_on_kind(hub_url: str, release: Release) -> None:
     await clean_hub_namespace(release.kube, HUB_NAMESPACE)
     pages: dict[str, User] = {}
     figures: dict[str, Any] = {}
-    async with chromium() as browser:
+    async with chromium(secure_origins=[hub_url]) as browser:  # for Iris's notification
         try:
             admin = pages["admin"] = await new_user(browser, "admin", hub_url, shots)
             await admin.login()

@@ -398,10 +398,11 @@ def test_wait_markers_sit_at_their_value_on_the_y_scale() -> None:
         (45.0, ["0 s", "10 s", "20 s", "30 s", "40 s", "50 s"]),
         (600.0, ["0 min", "2 min", "4 min", "6 min", "8 min", "10 min"]),
         (3 * 3600.0, ["0 h", "1 h", "2 h", "3 h"]),
-        (0.3, ["0 s", "0.1 s", "0.2 s", "0.3 s"]),
-        (0.0, ["0 s", "1 s"]),
+        (0.3, ["0 s", "0.2 s", "0.4 s", "0.6 s", "0.8 s", "1 s"]),
+        (0.0068, ["0 s", "0.2 s", "0.4 s", "0.6 s", "0.8 s", "1 s"]),
+        (0.0, ["0 s", "0.2 s", "0.4 s", "0.6 s", "0.8 s", "1 s"]),
     ],
-    ids=["seconds", "minutes", "hours", "fractions", "all-zero"],
+    ids=["seconds", "minutes", "hours", "fractions", "a-free-slice", "all-zero"],
 )
 def test_wait_axis_unit_follows_the_largest_wait(peak: float, labels: list[str]) -> None:
     root = parse(wait_percentiles_chart([(D0, 0.0, peak)]))
