@@ -7,6 +7,7 @@ Skipped only when helm is missing (``tools/build.sh`` builds it; CI does)."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -73,6 +74,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "everything-on": {
         "hubNamespaces": ["jhub", "jhub-staging"],
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True},
         "networkPolicy": {
             "enabled": True,
             "adminNamespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform-admins"}},
@@ -764,3 +766,22 @@ def test_the_dashboard_gets_a_port_a_service_port_and_only_the_hubs_proxy_may_re
     config = service_config(objects, tmp_path)
     assert config.dashboard.enabled and config.dashboard.port == 8090
     assert "dashboard" not in {p["name"] for p in container(rendered("default"))["ports"]}, "off by default"
+
+
+def test_the_grafana_dashboard_is_a_configmap_for_the_sidecar_and_plots_only_metrics_the_service_exports() -> None:
+    from webhook.metrics import REGISTRY
+
+    maps = [o for o in rendered("everything-on") if o["kind"] == "ConfigMap" and "grafana" in o["metadata"]["name"]]
+    assert len(maps) == 1 and maps[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert not [o for o in rendered("default") if "grafana" in o["metadata"]["name"]], "off by default"
+    dashboard = json.loads(maps[0]["data"]["gpu-queue.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    exported = set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    for family in REGISTRY.collect():  # the series names each family exports, with or without samples yet
+        exported |= {family.name + suffix for suffix in suffixes.get(family.type, [""])}
+    used = {name for expr in exprs for name in re.findall(r"gpu_queue_[a-z_]+", expr)}
+    assert used and used <= exported, f"not exported by the service: {sorted(used - exported)}"
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    assert "Slices in use and capacity" in titles and "Share of time someone was waiting (last 24 h)" in titles
