@@ -59,15 +59,14 @@ from typing import Any, Final, Literal, TypeVar
 
 from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from webhook.config import Config
 from webhook.metrics import REDIS_ERRORS, REGISTRY
 from webhook.protocols import StoreUnavailable
+from webhook.redis_store import bounded_client
 
 log = logging.getLogger(__name__)
 
@@ -282,17 +281,7 @@ class HistoryStore:
         cls, url: str, *, timeout_seconds: float = 1.0, max_connections: int = 4, **kwargs: Any
     ) -> HistoryStore:
         """A store with its own small bounded pool, no client retries (as the queue store)."""
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,
-            decode_responses=True,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-        )
-        store = cls(Redis.from_pool(pool), timeout_seconds=timeout_seconds, **kwargs)
+        store = cls(bounded_client(url, timeout_seconds, max_connections), timeout_seconds=timeout_seconds, **kwargs)
         store._owned = True
         return store
 

@@ -70,6 +70,22 @@ T = TypeVar("T")
 STATS_CAP = 1000  # waits and release times kept per pool
 
 
+def bounded_client(url: str, timeout: float, max_connections: int) -> Redis:
+    """A bounded pool that waits for a free connection (within the op deadline) instead of
+    failing a burst of callers, and no client retries (see the module docstring)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+    )
+    return Redis.from_pool(pool)
+
+
 def _text(value: str | bytes) -> str:
     """The client decodes replies; the types say bytes | str, so make it one."""
     return value.decode() if isinstance(value, bytes) else value
@@ -120,26 +136,11 @@ class RedisQueueStore:
         self._clock = clock
         self._pools: set[str] = set(pools)
         self._registered: set[str] = set()
-        self._redis = self._client(url, timeout_seconds, max_connections)
+        self._redis = bounded_client(url, timeout_seconds, max_connections)
         # rebuild sends the whole pool in one script: its own connection pool and socket timeout.
-        self._bulk = self._client(url, self._bulk_timeout, 2)
+        self._bulk = bounded_client(url, self._bulk_timeout, 2)
         self._scripts = redis_scripts.register(self._redis)
 
-    @staticmethod
-    def _client(url: str, timeout: float, max_connections: int) -> Redis:
-        """A bounded pool that waits for a free connection (within the op deadline) instead of
-        failing a burst of callers, and no client retries (see the module docstring)."""
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-        )
-        return Redis.from_pool(pool)
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Callable[[], datetime] = _utcnow) -> RedisQueueStore:

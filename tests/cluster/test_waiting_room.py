@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gpu_queue_dev.cluster import DevCluster
-from tests.e2e.browser import User, chromium, new_user, watch_the_waiting_room, without_javascript
+from tests.e2e.browser import chromium, new_user, watch_the_waiting_room, without_javascript
 from tests.helpers.real_hub import running_hub
 from tests.helpers.waiting import wait_for
 from tests.scenarios import Target, gated
@@ -33,18 +33,6 @@ async def _holding(target: Target, name: str) -> bool:
 async def _waiting(target: Target, name: str) -> bool:
     pod = await target.pod(name)
     return pod is not None and gated(pod)
-
-
-async def _text(user: User, selector: str) -> str:
-    return (await user.page.inner_text(selector)).strip()
-
-
-async def _shows(user: User, selector: str, words: str, within: float = 30) -> str:
-    async def found() -> str | None:
-        value = await _text(user, selector)
-        return value if words in value else None
-
-    return await wait_for(found, within, f"{selector!r} to say {words!r}", interval=0.2)
 
 
 @pytest.fixture
@@ -70,11 +58,11 @@ async def test_a_queued_user_reads_her_place_watches_it_move_and_is_told_her_tur
         await iris.login()
         await iris.open_options()
         await iris.start("gpu-enabled")
-        seen["place"] = await _shows(iris, "#gpu-queue-place", "2nd in line")
-        seen["length"] = await _text(iris, "#gpu-queue-length")
-        seen["slices"] = await _text(iris, "#gpu-queue-slices")
-        seen["wait"] = await _text(iris, "#gpu-queue-wait")
-        seen["keep"] = await _text(iris, "#gpu-queue-keep")
+        seen["place"] = await iris.shows("#gpu-queue-place", "2nd in line")
+        seen["length"] = await iris.text("#gpu-queue-length")
+        seen["slices"] = await iris.text("#gpu-queue-slices")
+        seen["wait"] = await iris.text("#gpu-queue-wait")
+        seen["keep"] = await iris.text("#gpu-queue-keep")
         assert seen["length"] == "2 people waiting" and seen["slices"] == "1 of 1", seen
         assert seen["wait"].startswith("unknown (") and "release intervals observed" in seen["wait"], (
             "no release yet: the wait is unknown, and the page says why, in the queue API's words"
@@ -86,9 +74,9 @@ async def test_a_queued_user_reads_her_place_watches_it_move_and_is_told_her_tur
         await iris.shot("waiting-room-01-second-in-line")
 
         await target.logout("jupyter-abe")
-        seen["moved_place"] = await _shows(iris, "#gpu-queue-place", "1st in line")
-        seen["moved"] = await _shows(iris, "#gpu-queue-moved", "up 1 place")
-        assert await _text(iris, "#gpu-queue-length") == "1 person waiting"
+        seen["moved_place"] = await iris.shows("#gpu-queue-place", "1st in line")
+        seen["moved"] = await iris.shows("#gpu-queue-moved", "up 1 place")
+        assert await iris.text("#gpu-queue-length") == "1 person waiting"
         assert "position 1 of 1" in (await iris.progress())[0]
         assert (await iris.progress())[1] == bar, "the bar stays still while she waits"
         await iris.shot("waiting-room-02-moved-up")
@@ -163,7 +151,7 @@ async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_u
         await iris.login()
         await iris.open_options()
         await iris.start("gpu-enabled")
-        await _shows(iris, "#gpu-queue-place", "2nd in line")
+        await iris.shows("#gpu-queue-place", "2nd in line")
         async with api.post(hub.url("/hub/api/users/noel")) as response:
             assert response.status == 201, await response.text()
         async with api.post(hub.url("/hub/api/users/noel/server"), json={"profile": "gpu-enabled"}) as response:
@@ -172,7 +160,7 @@ async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_u
         noel = await new_user(browser, "noel", hub.base_url, tmp_path)
         await noel.login()
         await noel.page.goto(f"{hub.base_url}/hub/home")
-        seen["noel_home"] = await _shows(noel, ".gpu-queue-home-place", "position 3 of 3")
+        seen["noel_home"] = await noel.shows(".gpu-queue-home-place", "position 3 of 3")
         beside_stop = await noel.page.evaluate(
             "document.querySelector('.gpu-queue-home-place').parentElement === "
             "document.getElementById('stop').parentElement"
@@ -183,7 +171,7 @@ async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_u
         ask = iris.page.locator("#gpu-queue-switch-ask")
         assert (await ask.inner_text()).strip() == "Start CPU Only instead"
         await ask.click()
-        seen["question"] = await _text(iris, "#gpu-queue-switch-question")
+        seen["question"] = await iris.text("#gpu-queue-switch-question")
         assert "Give up your place in line?" in seen["question"] and "move up" in seen["question"], seen
         await iris.shot("waiting-room-04-start-cpu-only-instead")
         await iris.page.click("#gpu-queue-switch-no")
@@ -204,7 +192,7 @@ async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_u
         assert pod["metadata"]["labels"].get("gpu-queue.io/profile") == "cpu-only", pod["metadata"]["labels"]
         assert await _gpu_limit(target, "jupyter-iris") is None, "CPU Only asks for no GPU"
         assert not gated(pod), "a CPU server does not queue"
-        seen["noel_home_after"] = await _shows(noel, ".gpu-queue-home-place", "position 2 of 2")
+        seen["noel_home_after"] = await noel.shows(".gpu-queue-home-place", "position 2 of 2")
         async def followed() -> bool:  # a new document: the page left for the new spawn's page
             return bool(await iris.page.evaluate("window.gpuQueueOldPage === undefined"))
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from tests.helpers.waiting import wait_for
+
 CHROMIUM = os.environ.get("GPU_QUEUE_E2E_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -124,6 +126,18 @@ class User:
         await page.keyboard.press("Shift+Enter")
         await outputs.nth(before).wait_for(timeout=within * 1000)
         return (await outputs.nth(before).inner_text()).strip()
+
+    async def text(self, selector: str) -> str:
+        return (await self.page.inner_text(selector)).strip()
+
+    async def shows(self, selector: str, words: str, within: float = 60) -> str:
+        """The text of ``selector`` once it holds ``words`` (the page updates it live)."""
+
+        async def found() -> str | None:
+            value = await self.text(selector)
+            return value if words in value else None
+
+        return await wait_for(found, within, f"{self.name}'s {selector!r} to say {words!r}", interval=0.2)
 
     async def progress(self) -> tuple[str, str]:
         """The spawn-pending page's message and the progress bar's value."""

@@ -43,18 +43,6 @@ def gpu_limit(pod: dict[str, Any]) -> str | None:
     return (notebook.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
 
 
-async def text_of(user: User, selector: str) -> str:
-    return (await user.page.inner_text(selector)).strip()
-
-
-async def shows(user: User, selector: str, words: str, within: float = 60) -> str:
-    async def found() -> str | None:
-        value = await text_of(user, selector)
-        return value if words in value else None
-
-    return await wait_for(found, within, f"{user.name}'s {selector!r} to say {words!r}", interval=0.2)
-
-
 async def plain_text(page: Page, user: str, hub: str) -> str:
     await page.goto(f"{hub}/hub/spawn-pending/{user}")
     return (await page.inner_text("body")).strip()
@@ -85,13 +73,13 @@ async def test_the_waiting_room_on_kind(hub_url: str, release: Release) -> None:
             await abe.login()
             await abe.open_options()
             await abe.start("gpu-enabled")
-            await shows(abe, "#gpu-queue-place", "1st in line")
+            await abe.shows("#gpu-queue-place", "1st in line")
             iris = pages["iris"] = await new_user(browser, "iris", hub_url, shots)
             saw = await watch_the_waiting_room(iris)
             await iris.login()
             await iris.open_options()
             await iris.start("gpu-enabled")
-            figures["iris_place"] = await shows(iris, "#gpu-queue-place", "2nd in line")
+            figures["iris_place"] = await iris.shows("#gpu-queue-place", "2nd in line")
 
             # Noel waits 3rd, with JavaScript off: the page says it in plain text.
             await admin.api("POST", "/users/noel")
@@ -105,18 +93,18 @@ async def test_the_waiting_room_on_kind(hub_url: str, release: Release) -> None:
             noel_text = await wait_for(noel_third, 60, "Noel's plain page to say position 3 of 3")
             assert "Waiting for a GPU slice: position 3 of 3" in noel_text and "keeps its place" in noel_text
 
-            await shows(iris, "#gpu-queue-length", "3 people waiting")
-            figures["iris_slices"] = await text_of(iris, "#gpu-queue-slices")
-            figures["iris_wait"] = await text_of(iris, "#gpu-queue-wait")
+            await iris.shows("#gpu-queue-length", "3 people waiting")
+            figures["iris_slices"] = await iris.text("#gpu-queue-slices")
+            figures["iris_wait"] = await iris.text("#gpu-queue-wait")
             assert figures["iris_slices"] == "1 of 1", figures
             assert figures["iris_wait"], "the wait is a range or 'unknown (why)'"
             assert figures["iris_wait"].startswith("unknown (") or re.search(r"\d", figures["iris_wait"]), figures
-            assert "place is kept" in await text_of(iris, "#gpu-queue-keep")
+            assert "place is kept" in await iris.text("#gpu-queue-keep")
             await iris.shot("01-second-in-line")
 
             # Abe starts CPU Only instead: the question says what he gives up; he confirms.
             await abe.page.click("#gpu-queue-switch-ask")
-            question = await text_of(abe, "#gpu-queue-switch-question")
+            question = await abe.text("#gpu-queue-switch-question")
             assert "Give up your place in line?" in question, question
             await abe.shot("02-start-cpu-only-instead")
             clicked = time.monotonic()
@@ -130,16 +118,16 @@ async def test_the_waiting_room_on_kind(hub_url: str, release: Release) -> None:
             await abe.shot("03-cpu-only-jupyterlab")
 
             # The people behind him moved up one place.
-            figures["iris_moved"] = await shows(iris, "#gpu-queue-moved", "up 1 place")
-            await shows(iris, "#gpu-queue-place", "1st in line")
-            assert await text_of(iris, "#gpu-queue-length") == "2 people waiting"
+            figures["iris_moved"] = await iris.shows("#gpu-queue-moved", "up 1 place")
+            await iris.shows("#gpu-queue-place", "1st in line")
+            assert await iris.text("#gpu-queue-length") == "2 people waiting"
             assert "position 2 of 2" in await plain_text(noel, "noel", hub_url), "Noel moved up too"
             await iris.shot("04-moved-up")
 
             # Hana stops: Iris is told, and her page goes into JupyterLab by itself.
             stopped = time.monotonic()
             await admin.api("DELETE", "/users/hana/server")
-            await shows(iris, "#gpu-queue-title", "It is your turn", within=120)
+            await iris.shows("#gpu-queue-title", "It is your turn", within=120)
             figures["stop_to_told_seconds"] = round(time.monotonic() - stopped, 1)
             await iris.shot("05-your-turn")
             await iris.wait_for_lab(240)

@@ -198,8 +198,9 @@ async def _pools(request: web.Request) -> list[str] | web.Response:
         return _message(503, "Dashboard unavailable", f"The pools cannot be listed: {reason}.")
 
 
-async def overview(request: web.Request) -> web.Response:
-    """Every pool's card."""
+async def _page(request: web.Request) -> tuple[Viewer, int, list[str]] | web.Response:
+    """Who asks, for which period, and the pools; or the answer that ends the request (a login
+    to do, a bad period, pools that cannot be listed)."""
     viewer = _viewer(request)
     if isinstance(viewer, web.Response):
         return viewer
@@ -209,6 +210,15 @@ async def overview(request: web.Request) -> web.Response:
     pools = await _pools(request)
     if isinstance(pools, web.Response):
         return pools
+    return viewer, days, pools
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Every pool's card."""
+    page = await _page(request)
+    if isinstance(page, web.Response):
+        return page
+    viewer, days, pools = page
     source = request.app[SOURCE_KEY]
     views = await asyncio.gather(*(_pool_view(source, pool, days) for pool in pools))
     return _html(render_overview(views, _context(request, viewer, days)))
@@ -216,15 +226,10 @@ async def overview(request: web.Request) -> web.Response:
 
 async def pool_page(request: web.Request) -> web.Response:
     """One pool, with the per-day table."""
-    viewer = _viewer(request)
-    if isinstance(viewer, web.Response):
-        return viewer
-    days = _days(request)
-    if isinstance(days, web.Response):
-        return days
-    pools = await _pools(request)
-    if isinstance(pools, web.Response):
-        return pools
+    page = await _page(request)
+    if isinstance(page, web.Response):
+        return page
+    viewer, days, pools = page
     pool = request.match_info["pool"]
     prefix = request.app[SETTINGS_KEY].service_prefix
     if pool not in pools:
