@@ -121,6 +121,13 @@ async def test_the_leader_pod_deleted_mid_queue_hands_over_in_order_and_grants_n
         for holder in holders[2:4]:
             await target.logout(holder)
         await wait_for(lambda: all_granted(target, waiters), 15, "the last two waiters granted")
+
+        async def watched_all() -> bool:
+            """The watch delivers a grant a moment after a GET shows it: wait for the last one
+            before stopping it (CI: waiter3's grant was read, its watch event not yet seen)."""
+            return set(waiters) <= set(watch.grants)
+
+        await wait_for(watched_all, 10, "the watch to see every waiter's grant")
     finally:
         await watch.stop()
     assert watch.most <= target.slices, f"{watch.most} slices in use at once, capacity {target.slices}"
