@@ -49,7 +49,6 @@ within the store's deadline; callers record history best effort and carry on.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -60,13 +59,12 @@ from typing import Any, Final, Literal, TypeVar
 from prometheus_client import Counter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from webhook.config import Config
-from webhook.metrics import REDIS_ERRORS, REGISTRY
-from webhook.protocols import StoreUnavailable
-from webhook.redis_store import bounded_client
+from webhook.metrics import REGISTRY
+from webhook.redis_store import bounded_client, within_deadline
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +306,7 @@ class HistoryStore:
         return f"{{{self._prefix}}}:history-pools"
 
     async def _run(self, op: str, call: Callable[[], Awaitable[T]], *, seconds: float | None = None) -> T:
-        """One deadline per operation; every failure becomes StoreUnavailable (counted, logged)."""
-        try:
-            async with asyncio.timeout(self._timeout if seconds is None else seconds):
-                return await call()
-        except (RedisError, OSError, TimeoutError) as exc:
-            REDIS_ERRORS.labels(op=op).inc()
-            reason = str(exc) or type(exc).__name__
-            log.warning("redis operation failed", extra={"ctx": {"op": op, "error": reason}})
-            raise StoreUnavailable(f"redis {op} failed: {reason}") from exc
+        return await within_deadline(op, self._timeout if seconds is None else seconds, call, log)
 
     def _wanted_ms(self, at: datetime, now: datetime) -> int:
         """The ms part of an event's ID: its own time, unless far ahead of ours (see the docstring)."""

@@ -86,6 +86,20 @@ def bounded_client(url: str, timeout: float, max_connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
+async def within_deadline(
+    op: str, seconds: float, call: Callable[[], Awaitable[T]], logger: logging.Logger
+) -> T:
+    """One deadline per operation; every failure becomes StoreUnavailable (counted, logged)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await call()
+    except (RedisError, OSError, TimeoutError) as exc:
+        REDIS_ERRORS.labels(op=op).inc()
+        reason = str(exc) or type(exc).__name__
+        logger.warning("redis operation failed", extra={"ctx": {"op": op, "error": reason}})
+        raise StoreUnavailable(f"redis {op} failed: {reason}") from exc
+
+
 def _text(value: str | bytes) -> str:
     """The client decodes replies; the types say bytes | str, so make it one."""
     return value.decode() if isinstance(value, bytes) else value
@@ -177,15 +191,7 @@ class RedisQueueStore:
         return f"{{{self._prefix}}}:pools"
 
     async def _run(self, op: str, call: Callable[[], Awaitable[T]], *, bulk: bool = False) -> T:
-        """One deadline per operation; every failure becomes StoreUnavailable (counted, logged)."""
-        try:
-            async with asyncio.timeout(self._bulk_timeout if bulk else self._timeout):
-                return await call()
-        except (RedisError, OSError, TimeoutError) as exc:
-            REDIS_ERRORS.labels(op=op).inc()
-            reason = str(exc) or type(exc).__name__
-            log.warning("redis operation failed", extra={"ctx": {"op": op, "error": reason}})
-            raise StoreUnavailable(f"redis {op} failed: {reason}") from exc
+        return await within_deadline(op, self._bulk_timeout if bulk else self._timeout, call, log)
 
     async def _register(self, pool: str) -> None:
         """Record the pool name for find_user (once per process and pool)."""
