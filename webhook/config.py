@@ -145,7 +145,6 @@ class Dashboard(_Model):
     admin_groups: list[str] = Field(default_factory=list, alias="adminGroups")
 
 
-
 class Admission(_Model):
     requested_at_trust_seconds: float = Field(
         30.0,

@@ -379,13 +379,13 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
     queue_fallback_profile = Unicode(
         "",
         config=True,
-        help="The profile (KubeSpawner slug) the waiting room offers instead of waiting: its \"Start ... instead\" "
+        help='The profile (KubeSpawner slug) the waiting room offers instead of waiting: its "Start ... instead" '
         "button gives up the queued spawn and starts this one. Empty: no such button.",
     )
     queue_fallback_label = Unicode(
         "",
         config=True,
-        help="The fallback profile's name on that button (\"Start CPU Only instead\"); empty: its display_name.",
+        help='The fallback profile\'s name on that button ("Start CPU Only instead"); empty: its display_name.',
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -86,9 +86,7 @@ def bounded_client(url: str, timeout: float, max_connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
-async def within_deadline(
-    op: str, seconds: float, call: Callable[[], Awaitable[T]], logger: logging.Logger
-) -> T:
+async def within_deadline(op: str, seconds: float, call: Callable[[], Awaitable[T]], logger: logging.Logger) -> T:
     """One deadline per operation; every failure becomes StoreUnavailable (counted, logged)."""
     try:
         async with asyncio.timeout(seconds):
@@ -154,7 +152,6 @@ class RedisQueueStore:
         # rebuild sends the whole pool in one script: its own connection pool and socket timeout.
         self._bulk = bounded_client(url, self._bulk_timeout, 2)
         self._scripts = redis_scripts.register(self._redis)
-
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Callable[[], datetime] = _utcnow) -> RedisQueueStore:

@@ -374,6 +374,15 @@ def _row(result: ReplayResult) -> WhatIfRow:
     )
 
 
+def default_what_if_counts(
+    capacity: int | None, events: Iterable[HistoryEvent], since: datetime, until: datetime
+) -> range:
+    """The what-if rows when none are asked for: the capacity (auto: the peak in use seen) to
+    twice it, as the issue of admins' sizing asks ("from the current count to 2x")."""
+    base = capacity or max((s.in_use for s in in_use_series(events, since, until)), default=0) or 1
+    return range(base, 2 * base + 1)
+
+
 def build_report(
     pool: str,
     events: Iterable[HistoryEvent],

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from webhook.config import Config, ConfigError, load_config
 from webhook.history import HistoryStore
 from webhook.protocols import StoreUnavailable
-from webhook.report import PoolReport, build_report, in_use_series, no_history_text, render_text, report_json
+from webhook.report import PoolReport, build_report, default_what_if_counts, no_history_text, render_text, report_json
 
 
 def _redis_where(url: str) -> str:
@@ -39,9 +39,8 @@ async def _pool_reports(config: Config, args: argparse.Namespace) -> list[PoolRe
             pool = config.pools.get(name)
             capacity = pool.capacity if pool is not None and isinstance(pool.capacity, int) else None
             counts = args.what_if
-            if counts is None:  # the capacity (auto: the peak in use seen) to twice it
-                base = capacity or max((s.in_use for s in in_use_series(events, since, until)), default=0) or 1
-                counts = range(base, 2 * base + 1)
+            if counts is None:
+                counts = default_what_if_counts(capacity, events, since, until)
             reports.append(build_report(name, events, since, until, capacity, list(counts)))
         return reports
     finally:

@@ -120,7 +120,8 @@ def build(config: Config, clock: ApiServerClock) -> Parts:
 def build_dashboard(config: Config, store: RedisQueueStore, cluster: ClusterProxy) -> web.Application:
     """The admins' dashboard (``webhook.dashboard``): live holders and queue from the queue store
     and the controller's cache, reports from the history; served on ``dashboard.port``."""
-    from webhook.dashboard import DashboardSettings, HistorySource, create_dashboard_site, snapshot_from
+    from webhook.dashboard import DashboardSettings, HistorySource, create_dashboard_site, snapshot_from, with_activity
+    from webhook.dashboard.hub import HubActivity
 
     d = config.dashboard
     settings = DashboardSettings(
@@ -136,11 +137,13 @@ def build_dashboard(config: Config, store: RedisQueueStore, cluster: ClusterProx
         default_days=min(7, max(1, int(config.history.retention_days))),
     )
     history = HistoryStore.from_config(config)
+    activity = HubActivity(settings)
 
     async def snapshot(pool: str) -> PoolSnapshot:
         capacity, in_use = cluster.pool_usage(pool)
         holders, entries = await asyncio.gather(store.holders(pool), store.entries(pool, 0, -1))
-        return snapshot_from(pool, capacity, in_use, holders, entries, datetime.now(UTC))
+        live = snapshot_from(pool, capacity, in_use, holders, entries, datetime.now(UTC))
+        return with_activity(live, await activity.last_activity(h.user for h in live.holders))
 
     def capacities() -> dict[str, int | None]:
         """The configured count, or (``auto``) what the controller counts on the nodes now."""

@@ -57,6 +57,8 @@ async def test_two_slice_profiles_count_two_and_never_overfill_the_pool(
         await cluster.set_gpu_slices(slices)
 
     result = await scenarios.two_slice_users_take_two_and_keep_their_turn(target, api_in_use, raise_capacity)
+    # The scenario saw the late single's grant by a GET; the checker's watch may not have yet.
+    await checker.wait(lambda v: result["single"] in v.holding, 10, "the checker's watch to see the single's grant")
     summary = checker.check()
     print(f"[grants] two-slice: {json.dumps({**result, **summary}, default=str)}")
     assert summary["I1_max_in_use"] == cluster.slices + 1

@@ -193,6 +193,7 @@ async def test_a_queued_user_starts_cpu_only_instead_and_the_user_behind_moves_u
         assert await _gpu_limit(target, "jupyter-iris") is None, "CPU Only asks for no GPU"
         assert not gated(pod), "a CPU server does not queue"
         seen["noel_home_after"] = await noel.shows(".gpu-queue-home-place", "position 2 of 2")
+
         async def followed() -> bool:  # a new document: the page left for the new spawn's page
             return bool(await iris.page.evaluate("window.gpuQueueOldPage === undefined"))
 

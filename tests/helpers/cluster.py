@@ -126,5 +126,3 @@ async def kube_api(cluster: DevCluster, *, as_service: bool = False) -> AsyncIte
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     async with client.ApiClient(configuration) as api:
         yield api
-
-

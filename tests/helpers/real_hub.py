@@ -84,7 +84,9 @@ c.Authenticator.admin_users = set(settings["admin_users"])
 c.JupyterHub.load_roles = [
     {"name": "test-driver", "scopes": settings["driver_scopes"], "services": ["test-driver"]},
     {"name": "user", "scopes": ["self", *settings["user_scopes"]]},
+    *settings["roles"],
 ]
+c.KubeSpawner.http_timeout = settings["http_timeout"]
 c.JupyterHub.spawner_class = "webhook.hub.QueueAwareKubeSpawner"
 c.Spawner.consecutive_failure_limit = 5  # zero-to-jupyterhub's default
 c.KubeSpawner.namespace = settings["namespace"]
@@ -173,6 +175,8 @@ def hub_settings(
     services: Sequence[dict[str, Any]] = (),
     admin_users: Sequence[str] = (),
     user_scopes: Sequence[str] = (),
+    roles: Sequence[dict[str, Any]] = (),
+    http_timeout: float = 30.0,
 ) -> dict[str, Any]:
     """What the config file reads: the dev cluster's queue API and the docs' profileList."""
     return {
@@ -180,6 +184,8 @@ def hub_settings(
         "services": list(services),
         "admin_users": list(admin_users),
         "user_scopes": list(user_scopes),
+        "roles": list(roles),
+        "http_timeout": http_timeout,
         "hub_port": hub_port,
         "public_url": f"http://127.0.0.1:{public_port}",
         "db_file": str(state_dir / "jupyterhub.sqlite"),
@@ -204,19 +210,33 @@ async def running_hub(
     services: Sequence[dict[str, Any]] = (),
     admin_users: Sequence[str] = (),
     user_scopes: Sequence[str] = (),
+    roles: Sequence[dict[str, Any]] = (),
+    http_timeout: float = 30.0,
 ) -> AsyncIterator[RealHub]:
     """Start the hub in ``state_dir`` and wait until its API answers; always stop it afterwards
     (SIGTERM, then SIGKILL), keeping its log in ``state_dir/jupyterhub.log``. ``template_paths``:
     the hub's own page templates (none: the stock pages); ``services``: more JupyterHub services
     (``c.JupyterHub.services`` entries); ``admin_users``: the hub's admins; ``user_scopes``: more
-    scopes of every user (the ``user`` role, after ``self``)."""
+    scopes of every user (the ``user`` role, after ``self``); ``roles``: more ``load_roles``
+    entries; ``http_timeout``: how long the hub waits for a started server to answer (the dev
+    cluster's pods never do: a longer one keeps a hub-started server alive that long)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     hub_port, public_port = free_ports(2)
     token = secrets.token_hex(32)
     (state_dir / "settings.json").write_text(
         json.dumps(
             hub_settings(
-                cluster, state_dir, hub_port, public_port, token, template_paths, services, admin_users, user_scopes
+                cluster,
+                state_dir,
+                hub_port,
+                public_port,
+                token,
+                template_paths,
+                services,
+                admin_users,
+                user_scopes,
+                roles,
+                http_timeout,
             ),
             indent=2,
         )

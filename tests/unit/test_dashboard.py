@@ -30,7 +30,9 @@ from webhook.dashboard import (
     QueuedRow,
     create_dashboard_site,
     snapshot_from,
+    with_activity,
 )
+from webhook.dashboard.hub import HubActivity
 from webhook.dashboard.session import SESSION_COOKIE, STATE_COOKIE
 from webhook.history import HistoryEvent
 from webhook.models import Holder, QueueEntry
@@ -562,3 +564,108 @@ async def test_history_source_sizes_the_what_if_from_the_peak_when_capacity_is_a
 
 async def _never() -> PoolSnapshot:
     raise AssertionError("not asked")
+
+
+# --- the hub's activity of the holders ------------------------------------------------------------
+
+
+@dataclass
+class ActivityHub:
+    """``GET /hub/api/users/{name}`` as JupyterHub answers a token with ``read:servers``."""
+
+    servers: dict[str, dict[str, Any]]
+    status: int = 200
+    asked: list[str] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/hub/api/users/{name}", self.user)
+        return app
+
+    async def user(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.asked.append(name)
+        if request.headers.get("Authorization") != f"token {API_TOKEN}":
+            return web.json_response({"message": "bad token"}, status=403)
+        if self.status != 200:
+            return web.json_response({"message": "Action is not authorized"}, status=self.status)
+        if name not in self.servers:
+            return web.json_response({"message": "No such user"}, status=404)
+        return web.json_response({"kind": "user", "name": name, "servers": self.servers[name]})
+
+
+async def activity_of(
+    aiohttp_server: Any, hub: ActivityHub, users: list[str], **kw: Any
+) -> tuple[HubActivity, dict[tuple[str, str], datetime]]:
+    server: TestServer = await aiohttp_server(hub.app())
+    settings = DashboardSettings(hub_api_url=str(server.make_url("/hub/api")), api_token=API_TOKEN)
+    activity = HubActivity(settings, **kw)
+    return activity, await activity.last_activity(users)
+
+
+async def test_holders_last_activity_comes_from_each_servers_last_activity_on_the_hub(aiohttp_server: Any) -> None:
+    hub = ActivityHub(
+        {
+            "alice": {"": {"name": "", "last_activity": "2026-11-24T13:48:00.123000Z", "ready": True}},
+            "carol": {
+                "gpu-box": {"name": "gpu-box", "last_activity": "2026-11-24T12:00:00+00:00"},
+                "other": {"name": "other", "last_activity": None},
+            },
+        }
+    )
+    _, found = await activity_of(aiohttp_server, hub, ["alice", "carol", "carol", "nobody"])
+    assert found == {
+        ("alice", ""): datetime(2026, 11, 24, 13, 48, 0, 123000, tzinfo=UTC),
+        ("carol", "gpu-box"): datetime(2026, 11, 24, 12, tzinfo=UTC),
+    }, "a server without activity and a user the hub does not know are simply not reported"
+    assert sorted(hub.asked) == ["alice", "carol", "nobody"], "one request per user"
+
+
+async def test_hub_activity_is_asked_once_per_ttl(aiohttp_server: Any) -> None:
+    hub = ActivityHub({"alice": {"": {"last_activity": "2026-11-24T13:48:00Z"}}})
+    ticks = iter([0.0, 10.0, 31.0])
+    activity, _ = await activity_of(aiohttp_server, hub, ["alice"], clock=lambda: next(ticks))
+    await activity.last_activity(["alice"])
+    assert hub.asked == ["alice"], "a reload inside the TTL asks nobody"
+    await activity.last_activity(["alice"])
+    assert hub.asked == ["alice", "alice"], "after the TTL the hub is asked again"
+
+
+async def test_a_token_without_read_servers_means_not_reported_logged_once_without_the_token(
+    aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = ActivityHub({"alice": {"": {"last_activity": "2026-11-24T13:48:00Z"}}}, status=403)
+    caplog.set_level(logging.WARNING, logger="webhook.dashboard")
+    activity, found = await activity_of(aiohttp_server, hub, ["alice", "carol"], ttl_seconds=0.0)
+    await activity.last_activity(["alice"])
+    assert found == {}
+    warnings = [r for r in caplog.records if "activity" in r.getMessage()]
+    assert len(warnings) == 1, "the same failure is logged once"
+    assert "HTTP 403" in str(getattr(warnings[0], "ctx", {}))
+    assert API_TOKEN not in caplog.text
+
+
+async def test_an_unreachable_hub_leaves_the_holders_without_activity(aiohttp_server: Any) -> None:
+    settings = DashboardSettings(hub_api_url="http://127.0.0.1:9/hub/api", api_token=API_TOKEN)
+    assert await HubActivity(settings).last_activity(["alice"]) == {}
+
+
+async def test_holders_table_says_when_each_was_last_active_and_for_how_long_idle(
+    make_browser: Callable[..., Awaitable[Browser]],
+) -> None:
+    snapshot = with_activity(
+        pool_snapshot(),
+        {("alice", ""): NOW - timedelta(minutes=42), ("carol", "gpu-box"): NOW - timedelta(seconds=20)},
+    )
+    browser = await make_browser(FakeSource({POOL: snapshot}))
+    await browser.login("alice")
+    _, page = await browser.page()
+    text = re.sub(r"<[^>]+>", " ", unescape(page))
+    assert "Last active" in text
+    assert re.search(r"alice\s+default\s+\S+ \S+ UTC\s+50 min\s+2026-11-24 13:18 UTC \(idle 42 min\)", text), text
+    assert "13:59 UTC (just now)" in text
+
+    plain = await make_browser(FakeSource({POOL: pool_snapshot()}))
+    await plain.login("alice")
+    _, page = await plain.page()
+    assert page.count("not reported by the hub") == len(HOLDERS)

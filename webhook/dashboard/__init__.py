@@ -17,7 +17,7 @@ from webhook.dashboard.source import (
     PoolSnapshot,
     QueuedRow,
     snapshot_from,
-    what_if_counts,
+    with_activity,
 )
 
 __all__ = [
@@ -38,5 +38,5 @@ __all__ = [
     "render_overview",
     "render_pool_page",
     "snapshot_from",
-    "what_if_counts",
+    "with_activity",
 ]

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from webhook.charts import share_waiting_bar, slices_in_use_chart, wait_percentiles_chart
 from webhook.dashboard.session import Viewer
-from webhook.dashboard.source import PoolSnapshot
+from webhook.dashboard.source import HolderRow, PoolSnapshot
 from webhook.report import PoolReport, format_seconds, format_share, no_history_text, period_text
 
 PERIODS: Final = (1, 7, 30)
@@ -147,12 +147,23 @@ def render_holders(snapshot: PoolSnapshot, ctx: PageContext) -> str:
         user, server = _who(holder.user, holder.server, ctx)
         held = format_seconds(max((snapshot.taken_at - holder.since).total_seconds(), 0.0))
         rows.append(
-            f'<tr><td>{user}</td><td>{server}</td><td>{_e(_stamp(holder.since))}</td><td class="n">{_e(held)}</td></tr>'
+            f'<tr><td>{user}</td><td>{server}</td><td>{_e(_stamp(holder.since))}</td><td class="n">{_e(held)}</td>'
+            f"<td>{_idle(holder, snapshot.taken_at)}</td></tr>"
         )
     return (
         f"<table><caption>{caption}</caption><thead><tr><th scope=col>User</th><th scope=col>Server</th>"
-        f'<th scope=col>Since</th><th scope=col class="n">For</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f'<th scope=col>Since</th><th scope=col class="n">For</th><th scope=col>Last active</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _idle(holder: HolderRow, now: datetime) -> str:
+    """The hub's last activity: when, and how long ago (what the idle culler counts)."""
+    if holder.last_activity is None:
+        return '<span class="muted">not reported by the hub</span>'
+    idle = (now - holder.last_activity).total_seconds()
+    ago = "just now" if idle < 60 else f"idle {format_seconds(idle)}"
+    return f"{_e(_stamp(holder.last_activity))} ({_e(ago)})"
 
 
 def render_queue(snapshot: PoolSnapshot, ctx: PageContext) -> str:

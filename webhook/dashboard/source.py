@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from webhook.history import HistoryEvent
 from webhook.models import Holder, QueueEntry
-from webhook.report import PoolReport, build_report, in_use_series
+from webhook.report import PoolReport, build_report, default_what_if_counts
 
 
 @dataclass(frozen=True)
 class HolderRow:
-    """A pod that holds a slice: whose, and since when."""
+    """A pod that holds a slice: whose, since when, and (when the hub reports it) the server's
+    last activity, the time the idle culler counts from."""
 
     user: str
     server: str
     since: datetime
+    last_activity: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,17 @@ def snapshot_from(
     )
 
 
-def what_if_counts(capacity: int | None, events: Sequence[HistoryEvent], since: datetime, until: datetime) -> range:
-    """``gpu-queue report``'s default rows: the capacity (auto: the peak in use seen) to twice it."""
-    base = capacity or max((s.in_use for s in in_use_series(events, since, until)), default=0) or 1
-    return range(base, 2 * base + 1)
+def with_activity(snapshot: PoolSnapshot, activity: Mapping[tuple[str, str], datetime]) -> PoolSnapshot:
+    """The snapshot with each holder's last activity (keyed by user and server name) filled in."""
+    holders = tuple(replace(h, last_activity=activity.get((h.user, h.server))) for h in snapshot.holders)
+    return replace(snapshot, holders=holders)
 
 
 def _report(
     pool: str, events: Sequence[HistoryEvent], since: datetime, until: datetime, capacity: int | None
 ) -> PoolReport:
-    return build_report(pool, events, since, until, capacity, list(what_if_counts(capacity, events, since, until)))
+    counts = default_what_if_counts(capacity, events, since, until)
+    return build_report(pool, events, since, until, capacity, list(counts))
 
 
 class HistorySource:
