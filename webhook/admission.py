@@ -19,6 +19,7 @@ from webhook.pods import (
     annotations_of,
     containers_of,
     format_time,
+    groups_of,
     has_gate,
     is_singleuser,
     labels_of,
@@ -312,7 +313,7 @@ def validate(review: AdmissionReview, config: Config) -> AdmissionReview:
     if not req.is_pod or not isinstance(pod, dict):
         return answer(req)
     if req.operation == "CREATE" and is_singleuser(pod, config):
-        message = _check_create(pod, config)
+        message = _check_groups(pod, req.user_info.username, config) or _check_create(pod, config)
     elif req.operation == "UPDATE" and isinstance(req.old_object, dict):
         if not (is_singleuser(pod, config) or is_singleuser(req.old_object, config)):
             return answer(req)
@@ -383,6 +384,24 @@ def _check_create(pod: dict[str, Any], config: Config) -> str:
     return ""
 
 
+def _check_groups(pod: dict[str, Any], username: str, config: Config) -> str:
+    """The groups annotation decides group limits: only the hub may say which groups a user is in."""
+    value = annotations_of(pod).get(config.groups_annotation)
+    if value is None:
+        return ""
+    trusted = config.policy.trusted_accounts(config.namespaces)
+    if username not in trusted:
+        who = ", ".join(sorted(trusted)) or "nobody: set policy.hubServiceAccounts"
+        return (
+            f"gpu-queue: only the hub ({who}) may set "
+            f"the {config.groups_annotation} annotation (it decides group limits); {username or 'an unknown user'} "
+            "may not. Start servers from the hub; admins: list the hub's service account in policy.hubServiceAccounts"
+        )
+    if groups_of(value) == () and value.strip() != "[]":
+        return f"gpu-queue: the {config.groups_annotation} annotation must be a JSON list of group names, got {value!r}"
+    return ""
+
+
 def _check_update(old: dict[str, Any], new: dict[str, Any], username: str, config: Config) -> str:
     if username == config.service_account:
         return ""
@@ -399,6 +418,7 @@ def _check_update(old: dict[str, Any], new: dict[str, Any], username: str, confi
         config.admitted_at_annotation,
         config.released_annotation,
         config.removed_annotation,
+        config.groups_annotation,
     )
     for key in protected:
         if old_annotations.get(key) != new_annotations.get(key):

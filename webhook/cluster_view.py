@@ -15,7 +15,15 @@ from typing import Any
 from webhook.config import Config
 from webhook.models import pod_key, score_of
 from webhook.node_fit import NodeConstraints, Taint, constraints_of, taints_of
-from webhook.pods import annotations_of, gate_index, is_singleuser, labels_of, parse_time, scheduling_gates
+from webhook.pods import (
+    annotations_of,
+    gate_index,
+    groups_of,
+    is_singleuser,
+    labels_of,
+    parse_time,
+    scheduling_gates,
+)
 from webhook.quantity import QuantityError, parse_quantity
 from webhook.starting import NO_STATUS, StartState, start_state
 
@@ -54,6 +62,9 @@ class PodView:
     constraints: NodeConstraints | None = None
     # How its start is going (read for holders that are not Ready: stuck, or slow and progressing).
     start: StartState = NO_STATUS
+    # The user's JupyterHub groups, as the hub put them on the pod (admission lets only the hub's
+    # service account set them): what group limits count.
+    groups: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -137,6 +148,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         deleting=meta.get("deletionTimestamp") is not None,
         removed=config.removed_annotation in annotations,
         released=config.released_annotation in annotations,
+        groups=groups_of(annotations.get(config.groups_annotation)) if pool is not None else (),
         created_at=parse_time(meta.get("creationTimestamp")),
         resources=resources,
         any_gate=bool(scheduling_gates(dict(pod))),

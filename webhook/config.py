@@ -145,6 +145,37 @@ class Dashboard(_Model):
     admin_groups: list[str] = Field(default_factory=list, alias="adminGroups")
 
 
+class Policy(_Model):
+    """Fair-use policies in hub terms (``groupLimits`` and the hold limit are per pool): who may
+    say which groups a user is in, and how the service stops a server through the hub."""
+
+    hub_service_accounts: list[str] = Field(
+        default_factory=list,
+        alias="hubServiceAccounts",
+        description=(
+            "Who may set the groups annotation: the hub's service account(s); default: the 'hub' "
+            "service account of each of `namespaces` (zero-to-jupyterhub's name)"
+        ),
+    )
+    hub_api_url: str = Field(
+        "http://hub.jhub.svc:8081/hub/api",
+        alias="hubApiUrl",
+        description="The hub's API, where a holder past the hold limit is stopped (so the hub knows)",
+    )
+    hub_api_token: SecretStr = Field(
+        SecretStr(""),
+        alias="hubApiToken",
+        description=(
+            "A hub token with the `admin:servers` scope (stop servers) and `read:users`; default: "
+            "the first of api.readTokens, z2jh's hub.services.gpu-queue.apiToken"
+        ),
+    )
+
+    def trusted_accounts(self, namespaces: list[str]) -> frozenset[str]:
+        given = self.hub_service_accounts or [f"system:serviceaccount:{ns}:hub" for ns in namespaces]
+        return frozenset(given)
+
+
 class Admission(_Model):
     requested_at_trust_seconds: float = Field(
         30.0,
@@ -182,6 +213,7 @@ class Config(_Model):
     admission: Admission = Field(default_factory=Admission)
     history: History = Field(default_factory=History)
     dashboard: Dashboard = Field(default_factory=Dashboard)
+    policy: Policy = Field(default_factory=Policy)
     kubeconfig: Path | None = Field(None, description="Default: in-cluster, then ~/.kube/config")
     log_level: str = Field("INFO", alias="logLevel")
 
@@ -194,6 +226,14 @@ class Config(_Model):
                     "(z2jh's hub.services.gpu-queue.apiToken)"
                 )
             object.__setattr__(self.dashboard, "api_token", self.api.read_tokens[0])
+        if not self.policy.hub_api_token.get_secret_value() and self.api.read_tokens:
+            object.__setattr__(self.policy, "hub_api_token", self.api.read_tokens[0])
+        for name, pool in self.pools.items():
+            if pool.max_hold_seconds_when_queued is not None and not self.policy.hub_api_token.get_secret_value():
+                raise ValueError(
+                    f"pools.{name}.maxHoldSecondsWhenQueued needs a hub token to stop servers with: set "
+                    "policy.hubApiToken or api.readTokens (z2jh's hub.services.gpu-queue.apiToken)"
+                )
         if not self.profile_label:
             object.__setattr__(self, "profile_label", f"{self.prefix}/profile")
         for name, profile in self.profiles.items():
@@ -279,6 +319,12 @@ class Config(_Model):
     def released_annotation(self) -> str:
         """Set on a stuck head (I7) whose slice was released: it no longer counts as in use."""
         return f"{self.prefix}/released"
+
+    @property
+    def groups_annotation(self) -> str:
+        """The user's JupyterHub groups, a JSON list, set by the hub at spawn (``webhook.hub``);
+        admission accepts it only from ``policy.hubServiceAccounts`` and never lets it change."""
+        return f"{self.prefix}/groups"
 
     @property
     def pool_resources(self) -> frozenset[str]:

@@ -114,6 +114,26 @@ class Pool(_Model):
     cull_timeout_seconds: int = Field(
         3600, gt=0, alias="cullTimeoutSeconds", description="The idle culler's timeout, an ETA hint"
     )
+    group_limits: dict[str, int] = Field(
+        default_factory=dict,
+        alias="groupLimits",
+        description=(
+            "Slices the members of a JupyterHub group may hold at once, e.g. {course-a: 4}; a member "
+            "waits while the group holds its limit, and others go meanwhile"
+        ),
+    )
+    max_hold_seconds_when_queued: int | None = Field(
+        None,
+        gt=0,
+        alias="maxHoldSecondsWhenQueued",
+        description=(
+            "While someone waits, a holder past this is warned, then stopped through the hub's API; "
+            "nobody is stopped while nobody waits. Off by default"
+        ),
+    )
+    hold_warning_seconds: int = Field(
+        600, ge=0, alias="holdWarningSeconds", description="How long before the stop the holder is warned"
+    )
     # What every profile of the pool demands of a node (set by Config): a node's slices count only
     # where all of them can run. A pool on its own demands only its nodeSelector.
     _constraints: tuple[NodeConstraints, ...] = PrivateAttr(default=())
@@ -127,6 +147,14 @@ class Pool(_Model):
     def _non_negative(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 0:
             raise ValueError("capacity must be >= 0 or 'auto'")
+        return v
+
+    @field_validator("group_limits")
+    @classmethod
+    def _limits(cls, v: dict[str, int]) -> dict[str, int]:
+        for group, limit in v.items():
+            if not group or limit < 0:
+                raise ValueError(f"groupLimits.{group or '(empty)'}: a group name and a limit >= 0, got {limit}")
         return v
 
 

@@ -112,6 +112,13 @@ class PoolPlan:
     # Per queued pod, in queue order: the slices needed by it and everyone ahead of it (the ETA's
     # "how many slices must free"); equal to the position when every profile asks for one slice.
     slices_through: list[int] = field(default_factory=list)
+    # Per grant, in order: the slices of it and of the grants before it (what must be free).
+    grants_through: list[int] = field(default_factory=list)
+    # Queued pods that wait because a group of theirs holds its limit (``groupLimits``), even if
+    # slices are free: key -> that group. They keep their place and block nobody behind them.
+    capped: dict[str, GroupCap] = field(default_factory=dict)
+    # Slices each limited group holds now (its holders'), for the API and status.
+    group_use: dict[str, int] = field(default_factory=dict)
 
     def position(self, key: str) -> int | None:
         for index, pod in enumerate(self.queue):
@@ -120,7 +127,39 @@ class PoolPlan:
         return None
 
 
+@dataclass(frozen=True)
+class GroupCap:
+    """Why a queued pod waits with slices free: ``group`` holds ``in_use`` of its ``limit``."""
+
+    group: str
+    limit: int
+    in_use: int
+
+
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
+
+
+def limited_groups(pod: PodView, pool: Pool) -> list[str]:
+    """The pod's groups that the pool limits, in the pod's order."""
+    return [g for g in pod.groups if g in pool.group_limits]
+
+
+def group_use(pool: Pool, holders: Iterable[PodView]) -> dict[str, int]:
+    """Slices each limited group holds: a holder counts, in full, for every limited group it is in."""
+    used = dict.fromkeys(pool.group_limits, 0)
+    for pod in holders:
+        for group in limited_groups(pod, pool):
+            used[group] += slices_of(pod, pool)
+    return used
+
+
+def over_limit(pod: PodView, pool: Pool, used: dict[str, int]) -> GroupCap | None:
+    """The first limited group of the pod that its slices would take past the limit, or None."""
+    need = slices_of(pod, pool)
+    for group in limited_groups(pod, pool):
+        if used[group] + need > pool.group_limits[group]:
+            return GroupCap(group=group, limit=pool.group_limits[group], in_use=used[group])
+    return None
 
 
 def _holder_order(pod: PodView) -> tuple[datetime, str]:
@@ -132,7 +171,11 @@ def plan(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeVie
 
     Strict FIFO in slices: heads are granted while their slices fit in what is free; a head that
     does not fit yet (it asks for 2 and 1 is free) blocks everyone behind it, so a stream of
-    one-slice users can never starve a two-slice one."""
+    one-slice users can never starve a two-slice one.
+
+    Group limits (``groupLimits``): a pod a limited group of which would go past its limit waits
+    where it is, and the pods behind it go on as if it were not there: a limit never leaves a slice
+    idle. Once its group frees a slice it is again the first in line it was."""
     pods = list(pods)
     nodes = list(nodes)
     cap = capacity(pool, nodes)
@@ -140,16 +183,41 @@ def plan(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeVie
     queue = sorted((p for p in pods if p.pool == name and p.queued), key=lambda p: p.order)
     holders = sorted((p for p in pods if p.pool == name and p.holding), key=_holder_order)
     free = max(0, cap - used)
+    groups = group_use(pool, holders)
+    held = dict(groups)
     grants: list[PodView] = []
     through: list[int] = []
-    total = 0
+    granted_through: list[int] = []
+    capped: dict[str, GroupCap] = {}
+    total = granting = 0
+    blocked = False
     for pod in queue:
-        total += slices_of(pod, pool)
+        slices = slices_of(pod, pool)
+        total += slices
         through.append(total)
-        if total <= free:  # cumulative: once a head does not fit, no one behind it does
+        limit = over_limit(pod, pool, held)
+        if limit is not None:
+            capped[pod.key] = limit
+            continue
+        if not blocked and granting + slices <= free:
+            granting += slices
             grants.append(pod)
+            granted_through.append(granting)
+            for group in limited_groups(pod, pool):
+                held[group] += slices
+        else:
+            blocked = True  # strict FIFO: once a head does not fit, no one behind it goes
     return PoolPlan(
-        pool=name, capacity=cap, in_use=used, queue=queue, holders=holders, grants=grants, slices_through=through
+        pool=name,
+        capacity=cap,
+        in_use=used,
+        queue=queue,
+        holders=holders,
+        grants=grants,
+        slices_through=through,
+        grants_through=granted_through,
+        capped=capped,
+        group_use=groups,
     )
 
 
@@ -201,7 +269,7 @@ def due_grants(
             return due, head.requested_at + settle
         if fresh is not None:
             ahead = unseen_ahead(head, fresh, seen)
-            if not cannot_reorder(pool_plan.slices_through[index], free, sum(a.slices for a in ahead)):
+            if not cannot_reorder(pool_plan.grants_through[index], free, sum(a.slices for a in ahead)):
                 return due, min(a.since for a in ahead) + NOTE_LAG  # by then it came, or is taken as lost
         due.append(head)
     return due, None

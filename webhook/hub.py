@@ -376,6 +376,14 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         help="Refuse a second queued server to a user who already holds or waits for a slice (named servers).",
     )
 
+    queue_groups_annotation = Bool(
+        True,
+        config=True,
+        help="Put the user's JupyterHub groups on the pod (the <queue_annotation_prefix>groups annotation, a JSON "
+        "list), which gpu-queue's group limits count. gpu-queue accepts it only from the hub's service account. "
+        "A user in no group gets no annotation.",
+    )
+
     queue_fallback_profile = Unicode(
         "",
         config=True,
@@ -497,6 +505,20 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         else:
             self._set_start_timeout(self._configured_start_timeout)
         return await maybe_future(super().run_pre_spawn_hook())
+
+    def user_groups(self) -> list[str]:
+        """The user's JupyterHub groups, sorted (the hub's ORM objects have a ``name``)."""
+        return sorted({str(g.name) for g in getattr(self.user, "groups", None) or []})
+
+    async def get_pod_manifest(self) -> Any:
+        """KubeSpawner's pod, with the user's groups for gpu-queue's group limits."""
+        pod = await super().get_pod_manifest()
+        groups = self.user_groups() if self.queue_groups_annotation else []
+        if groups:
+            annotations = dict(pod.metadata.annotations or {})
+            annotations[f"{self.queue_annotation_prefix}groups"] = json.dumps(groups, separators=(",", ":"))
+            pod.metadata.annotations = annotations
+        return pod
 
     async def load_user_options(self) -> None:
         """Apply the profile, then keep the queued timeout (a profile's own start_timeout may be shorter,

@@ -6,6 +6,8 @@ shape (a malformed pod is never an exception here), as kopf keeps its body acces
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,3 +85,22 @@ def parse_time(text: object) -> datetime | None:
     if value.tzinfo is None:
         return None
     return value.astimezone(UTC)
+
+
+def format_groups(groups: Iterable[str]) -> str:
+    """The groups annotation's value: a JSON list of the user's JupyterHub groups, sorted."""
+    return json.dumps(sorted(set(groups)), separators=(",", ":"))
+
+
+def groups_of(text: object) -> tuple[str, ...]:
+    """The groups from the annotation; () when absent or not a JSON list of strings (validation
+    denies a pod with a malformed value, so only a pod older than this rule can show one)."""
+    if not isinstance(text, str):
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+        return ()
+    return tuple(sorted(set(value)))

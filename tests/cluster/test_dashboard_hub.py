@@ -30,6 +30,7 @@ from tests.helpers.waiting import wait_for
 from tests.invariants import pool_status
 from tests.scenarios import Target, gated
 from webhook.config import Config
+from webhook.dashboard.session import SESSION_COOKIE
 from webhook.history import HistoryEvent, HistoryStore
 from webhook.redis_store import RedisQueueStore
 from webhook.report import format_seconds
@@ -178,7 +179,7 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
                 async with anonymous.get(url, headers=headers, allow_redirects=False) as answer:
                     assert answer.status == 401, "a client that is not a browser gets a 401"
                     assert "hana" not in await answer.text()
-                cookies = {"gpu-queue-dashboard": "admin|9999999999|forged"}
+                cookies = {SESSION_COOKIE: "admin|9999999999|forged"}
                 async with anonymous.get(url, cookies=cookies, allow_redirects=False) as answer:
                     assert answer.status == 302, "a forged session is no session"
 

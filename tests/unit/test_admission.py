@@ -372,3 +372,82 @@ def test_the_note_of_a_queued_create_is_no_later_than_any_stamp_it_can_get(confi
         )
         is None
     )
+
+
+# --- the groups annotation: only the hub says which groups a user is in ------------------------
+
+
+HUB_SA = "system:serviceaccount:jhub:hub"
+
+
+def hub_namespaced(config: Config) -> Config:
+    return config.model_copy(update={"namespaces": ["jhub"]})
+
+
+async def grouped_pod(spawner_pod: PodFactory, config: Config, value: str = '["course-a"]') -> dict[str, Any]:
+    pod = await spawner_pod("alice", "gpu-enabled")
+    pod["metadata"].setdefault("annotations", {})[config.groups_annotation] = value
+    return run_mutate(pod, config)[1]
+
+
+def denial(review: AdmissionReview) -> str:
+    assert review.response is not None
+    if review.response.allowed:
+        return ""
+    assert review.response.status is not None
+    return review.response.status.message
+
+
+async def test_groups_set_by_the_hubs_service_account_are_accepted(spawner_pod: PodFactory, config: Config) -> None:
+    config = hub_namespaced(config)
+    pod = await grouped_pod(spawner_pod, config)
+    assert denial(run_validate(pod, config, username=HUB_SA)) == ""
+
+
+async def test_a_forged_groups_annotation_is_denied_with_who_may_set_it(
+    spawner_pod: PodFactory, config: Config
+) -> None:
+    config = hub_namespaced(config)
+    pod = await grouped_pod(spawner_pod, config, '["instructors"]')
+    message = denial(run_validate(pod, config, username="alice@example.org"))
+    assert "only the hub (system:serviceaccount:jhub:hub)" in message and "alice@example.org" in message
+    other_hub = denial(run_validate(pod, config, username="system:serviceaccount:elsewhere:hub"))
+    assert "only the hub" in other_hub, "a 'hub' account in another namespace is not the hub"
+
+
+async def test_without_hub_namespaces_nobody_may_set_groups_until_the_admin_names_the_hub(
+    spawner_pod: PodFactory, config: Config
+) -> None:
+    pod = await grouped_pod(spawner_pod, config)
+    assert "set policy.hubServiceAccounts" in denial(run_validate(pod, config, username=HUB_SA))
+    named = config.model_copy(
+        update={"policy": config.policy.model_copy(update={"hub_service_accounts": ["system:serviceaccount:hubs:jh"]})}
+    )
+    assert denial(run_validate(pod, named, username="system:serviceaccount:hubs:jh")) == ""
+
+
+async def test_a_groups_annotation_that_is_not_a_json_list_of_names_is_denied(
+    spawner_pod: PodFactory, config: Config
+) -> None:
+    config = hub_namespaced(config)
+    for bad in ("course-a", '{"g": 1}', "[1, 2]"):
+        pod = await grouped_pod(spawner_pod, config, bad)
+        assert "must be a JSON list of group names" in denial(run_validate(pod, config, username=HUB_SA)), bad
+    assert denial(run_validate(await grouped_pod(spawner_pod, config, "[]"), config, username=HUB_SA)) == ""
+
+
+async def test_changing_the_groups_of_a_pod_is_denied_even_to_the_hub(spawner_pod: PodFactory, config: Config) -> None:
+    config = hub_namespaced(config)
+    old = await grouped_pod(spawner_pod, config)
+    for change in ('["instructors"]', None):
+        new = copy.deepcopy(old)
+        if change is None:
+            del new["metadata"]["annotations"][config.groups_annotation]
+        else:
+            new["metadata"]["annotations"][config.groups_annotation] = change
+        message = denial(run_validate(new, config, operation="UPDATE", old=old, username=HUB_SA))
+        assert f"only gpu-queue may change the {config.groups_annotation}" in message
+    plain = copy.deepcopy(await gated_pod(spawner_pod, config))
+    added = copy.deepcopy(plain)
+    added["metadata"]["annotations"][config.groups_annotation] = '["staff"]'
+    assert denial(run_validate(added, config, operation="UPDATE", old=plain, username="alice")), "nor added later"

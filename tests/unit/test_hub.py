@@ -1158,3 +1158,30 @@ async def test_z2jh_values_example_wires_the_spawner_and_matches_the_shipped_pro
         spawner.user_options = {"profile": profile["slug"]}
         queued[profile["slug"]] = await spawner.is_queued_spawn()
     assert queued == {"cpu-only": False, "gpu-enabled": True}
+
+
+async def test_the_pod_carries_the_users_hub_groups_for_gpu_queues_group_limits(
+    make_user: MakeUser, hub_db: Any
+) -> None:
+    user = make_user("ann")
+    for name in ("students", "course-a"):
+        group = orm.Group(name=name)
+        hub_db.add(group)
+        user.orm_user.groups.append(group)
+    hub_db.commit()
+    spawner = await prepared(user, "gpu-enabled")
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    assert pod.metadata.annotations["gpu-queue.io/groups"] == '["course-a","students"]'
+    assert pod.metadata.annotations.get("hub.jupyter.org/username") == "ann", "KubeSpawner's own stay"
+
+    loner = await prepared(make_user("lou"), "gpu-enabled")
+    await loner.load_user_options()
+    assert "gpu-queue.io/groups" not in ((await loner.get_pod_manifest()).metadata.annotations or {})
+
+    off = make_user("otto", config=hub_config(queue_groups_annotation=False))
+    off.orm_user.groups.append(hub_db.query(orm.Group).filter_by(name="students").one())
+    hub_db.commit()
+    spawner = await prepared(off, "gpu-enabled")
+    await spawner.load_user_options()
+    assert "gpu-queue.io/groups" not in ((await spawner.get_pod_manifest()).metadata.annotations or {})
