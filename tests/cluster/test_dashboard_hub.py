@@ -42,26 +42,35 @@ PREFIX = "/services/gpu-queue/"
 DASHBOARD_ROLE = {"name": "gpu-queue-dashboard", "scopes": ["read:servers"], "services": ["gpu-queue"]}
 
 
-def yesterdays_traffic(day: datetime) -> tuple[list[HistoryEvent], list[float]]:
-    """A recorded day: 48 one-slice requests, one every 30 min, each granted after a wait that
-    cycles 0..9.5 min and held 25 min, three given up after 4 min. The waits of the grants too."""
+def yesterdays_traffic(day: datetime) -> tuple[list[HistoryEvent], list[float], int]:
+    """A recorded day on one slice, as a strict FIFO would have served it: a request every 30 min
+    from 08:00 to 18:00 and a class of 6 at 14:00, holds cycling 10-25 min; whoever would wait
+    over 30 min gives up then. The events, the waits of the grants, the number given up."""
+    arrivals = [day + timedelta(hours=8, minutes=30 * i) for i in range(21)]
+    arrivals += [day + timedelta(hours=14, seconds=5 * i + 1) for i in range(6)]
+    holds = [timedelta(minutes=m) for m in (10, 20, 25, 15)]
     events: list[HistoryEvent] = []
     waits: list[float] = []
-    for i in range(48):
+    free_at = day
+    gave_up = 0
+    for i, arrived in enumerate(sorted(arrivals)):
         key = f"jhub/synthetic-{i}"
-        arrived = day + timedelta(minutes=30 * i + 1)
         events.append(HistoryEvent(kind="arrival", at=arrived, pool="gpu", slices=1, key=key))
-        if i % 16 == 15:
-            gone = arrived + timedelta(minutes=4)
-            events.append(HistoryEvent(kind="cancel", at=gone, pool="gpu", slices=1, key=key, wait_seconds=240.0))
+        granted = max(arrived, free_at)
+        wait = (granted - arrived).total_seconds()
+        if wait > 30 * 60:
+            gave_up += 1
+            gone = arrived + timedelta(minutes=30)
+            events.append(HistoryEvent(kind="cancel", at=gone, pool="gpu", slices=1, key=key, wait_seconds=1800.0))
             continue
-        wait = (i % 20) * 30.0
+        hold = holds[i % len(holds)]
+        free_at = granted + hold
         waits.append(wait)
-        granted = arrived + timedelta(seconds=wait)
         events.append(HistoryEvent(kind="grant", at=granted, pool="gpu", slices=1, key=key, wait_seconds=wait))
-        released = granted + timedelta(minutes=25)
-        events.append(HistoryEvent(kind="release", at=released, pool="gpu", slices=1, key=key, hold_seconds=25 * 60.0))
-    return events, waits
+        events.append(
+            HistoryEvent(kind="release", at=free_at, pool="gpu", slices=1, key=key, hold_seconds=hold.total_seconds())
+        )
+    return sorted(events, key=lambda e: e.at), waits, gave_up
 
 
 def nearest_rank(values: list[float], p: float) -> float:
@@ -124,7 +133,7 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
 ) -> None:
     await clean_cluster.set_gpu_slices(1)
     yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    traffic, waits = yesterdays_traffic(yesterday)
+    traffic, waits, gave_up = yesterdays_traffic(yesterday)
     history = HistoryStore.from_config(_config(clean_cluster))
     try:
         await history.record_many(traffic)
@@ -205,9 +214,10 @@ async def test_admins_log_in_through_the_hub_and_see_names_others_see_the_queue_
             await admin.page.goto(f"{url}pools/gpu?days=3")
             rows = (await admin.page.inner_text("table:has(caption:text('per UTC day'))")).splitlines()
             day_row = next(r for r in rows if r.startswith(f"{yesterday:%Y-%m-%d}")).split("\t")
-            want = [str(48), str(len(waits)), "3", format_seconds(nearest_rank(waits, 50))]
+            want = [str(27), str(len(waits)), str(gave_up), format_seconds(nearest_rank(waits, 50))]
             want.append(format_seconds(nearest_rank(waits, 95)))
             assert day_row[1:] == want, f"yesterday's recorded day: {day_row}"
+            assert gave_up and waits.count(0.0) < len(waits), "the day has waits and people who gave up"
 
             bob = await new_user(browser, "bob", hub.base_url, tmp_path)
             await bob.login()
