@@ -419,6 +419,7 @@ def _check_update(old: dict[str, Any], new: dict[str, Any], username: str, confi
         config.released_annotation,
         config.removed_annotation,
         config.groups_annotation,
+        config.hold_warned_annotation,
     )
     for key in protected:
         if old_annotations.get(key) != new_annotations.get(key):

@@ -65,6 +65,8 @@ class PodView:
     # The user's JupyterHub groups, as the hub put them on the pod (admission lets only the hub's
     # service account set them): what group limits count.
     groups: tuple[str, ...] = ()
+    # When the hold limit warned this holder (``webhook.hold_limit``), as the leader marked it.
+    hold_warned_at: datetime | None = None
 
     @property
     def key(self) -> str:
@@ -149,6 +151,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         removed=config.removed_annotation in annotations,
         released=config.released_annotation in annotations,
         groups=groups_of(annotations.get(config.groups_annotation)) if pool is not None else (),
+        hold_warned_at=parse_time(annotations.get(config.hold_warned_annotation)),
         created_at=parse_time(meta.get("creationTimestamp")),
         resources=resources,
         any_gate=bool(scheduling_gates(dict(pod))),

@@ -327,6 +327,11 @@ class Config(_Model):
         return f"{self.prefix}/groups"
 
     @property
+    def hold_warned_annotation(self) -> str:
+        """Set by the leader when the hold limit warned a holder: the stop's clock starts there."""
+        return f"{self.prefix}/hold-warned-at"
+
+    @property
     def pool_resources(self) -> frozenset[str]:
         """Every resource that some pool queues: only pool profiles may request them."""
         return frozenset(pool.resource for pool in self.pools.values())

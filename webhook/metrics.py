@@ -64,6 +64,20 @@ STUCK = Counter(
     namespace=_NS,
     registry=REGISTRY,
 )
+HOLD_LIMIT = Counter(
+    "hold_limit_total",
+    "Hold-limit actions while others waited: warned, stopped, withdrawn (the queue emptied), failed",
+    ["pool", "action"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+GROUP_CAPPED = Gauge(
+    "group_capped_pending",
+    "Queued pods held back by their group's limit (slices may be free)",
+    ["pool"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Failed Redis operations, by operation", ["op"], namespace=_NS, registry=REGISTRY
 )

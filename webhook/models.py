@@ -123,6 +123,26 @@ class Eta(_Wire):
     method: str = ""
 
 
+class HeldBack(_Wire):
+    """Why a queued pod waits although slices may be free: a group of its user holds its limit
+    (``groupLimits``). It keeps its place; the pods behind it may go first meanwhile."""
+
+    policy: str = "groupLimits"
+    group: str
+    limit: int = Field(ge=0)
+    in_use: int = Field(alias="inUse", ge=0, description="Slices the group's members hold now")
+
+
+class HoldLimit(_Wire):
+    """A holder the hold limit warned (``maxHoldSecondsWhenQueued``): others wait, so the server
+    is stopped through the hub at ``stopAt``, unless the queue empties first."""
+
+    policy: str = "maxHoldSecondsWhenQueued"
+    warned_at: datetime = Field(alias="warnedAt")
+    stop_at: datetime = Field(alias="stopAt")
+    limit_seconds: int = Field(alias="limitSeconds", gt=0)
+
+
 class Position(_Wire):
     """The answer to "where do I stand?" for one pod or user server."""
 
@@ -140,6 +160,10 @@ class Position(_Wire):
     granted_at: datetime | None = Field(None, alias="grantedAt")
     eta: Eta = Field(default_factory=lambda: Eta(known=False))
     refresh_seconds: float = Field(10.0, alias="refreshSeconds")
+    held_back: HeldBack | None = Field(None, alias="heldBack", description="Queued, but held back by a group limit")
+    hold_limit: HoldLimit | None = Field(
+        None, alias="holdLimit", description="Admitted, warned: stopped at stopAt unless nobody waits by then"
+    )
 
 
 class PoolStatus(_Wire):

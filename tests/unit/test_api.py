@@ -640,6 +640,8 @@ async def test_a_pod_the_cache_has_queued_but_the_store_has_not_indexed_is_pendi
         "grantedAt": None,
         "eta": {"known": False, "minSeconds": None, "maxSeconds": None, "method": ""},
         "refreshSeconds": 1.0,
+        "heldBack": None,
+        "holdLimit": None,
         "source": "store",
     }
     assert user.headers[SOURCE] == "store"  # the store answered; the cache only saw the pod

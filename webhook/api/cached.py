@@ -18,6 +18,7 @@ from aiohttp import web
 
 from webhook.api.answers import ADMITTED_ETA, PoolSnapshot, no_such_pod, no_such_user, refresh
 from webhook.api.models import PoolList, PoolStatus, Position, QueueItem, QueueListing
+from webhook.api.policy import policy_fields
 from webhook.api.state import CLOCK_KEY, CLUSTER_KEY, CONFIG_KEY
 from webhook.cluster_view import PodView
 from webhook.config import Pool
@@ -63,11 +64,13 @@ def _queued(request: web.Request, plan: PoolPlan, config: Pool, index: int, now:
         eta=_snapshot(request, plan, config).eta(position, entry.key, now, slices),
         refresh_seconds=refresh(PositionState.QUEUED, position),
         source="cache",
+        **policy_fields(request.app[CLUSTER_KEY], plan.pool, config, entry.key),
     )
 
 
-def _admitted(plan: PoolPlan, view: PodView) -> Position:
+def _admitted(request: web.Request, plan: PoolPlan, view: PodView) -> Position:
     holder = holder_of(view)
+    config = request.app[CONFIG_KEY].pools[plan.pool]
     return Position(
         pool=plan.pool,
         state=PositionState.ADMITTED,
@@ -84,6 +87,7 @@ def _admitted(plan: PoolPlan, view: PodView) -> Position:
         eta=ADMITTED_ETA,
         refresh_seconds=refresh(PositionState.ADMITTED, None),
         source="cache",
+        **policy_fields(request.app[CLUSTER_KEY], plan.pool, config, holder.key),
     )
 
 
@@ -120,7 +124,7 @@ def _find(request: web.Request, plans: Mapping[str, PoolPlan], matches: Matcher)
         return None
     plan, view, index = found
     if index is None:
-        return _admitted(plan, view)
+        return _admitted(request, plan, view)
     config = request.app[CONFIG_KEY].pools[plan.pool]
     return _queued(request, plan, config, index, request.app[CLOCK_KEY]())
 

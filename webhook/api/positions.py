@@ -42,6 +42,7 @@ from webhook.api.models import (
     UserPath,
     UserQuery,
 )
+from webhook.api.policy import policy_fields
 from webhook.api.state import CLOCK_KEY, CLUSTER_KEY, CONFIG_KEY, STORE_KEY, pool_config
 from webhook.config import Pool
 from webhook.models import Holder, PositionState, pod_key
@@ -132,11 +133,13 @@ async def _queued_position(request: web.Request, pool: str, config: Pool, key: s
         requested_at=entry.requested_at if entry else None,
         eta=snap.eta(position, key, now),
         refresh_seconds=refresh(PositionState.QUEUED, position),
+        **policy_fields(request.app[CLUSTER_KEY], pool, config, key),
     )
 
 
 async def _admitted_position(request: web.Request, pool: str, holder: Holder) -> Position:
     store = request.app[STORE_KEY]
+    config = request.app[CONFIG_KEY].pools.get(pool) or Pool()
     capacity, in_use = request.app[CLUSTER_KEY].pool_usage(pool)
     return Position(
         pool=pool,
@@ -153,6 +156,7 @@ async def _admitted_position(request: web.Request, pool: str, holder: Holder) ->
         granted_at=holder.granted_at,
         eta=ADMITTED_ETA,
         refresh_seconds=refresh(PositionState.ADMITTED, None),
+        **policy_fields(request.app[CLUSTER_KEY], pool, config, holder.key),
     )
 
 

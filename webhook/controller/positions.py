@@ -28,7 +28,8 @@ class PositionEvents:
         self.config = config
         self.breaker = breaker
         self.events = events
-        self.posted: dict[str, tuple[int, float]] = {}  # key -> (position last told, monotonic time)
+        # key -> (position last told, the group limit it was told holds it back, monotonic time)
+        self.posted: dict[str, tuple[int, str, float]] = {}
 
     def forget(self, key: str) -> None:
         """The pod left the queue (granted or gone): should it queue again, it hears at once."""
@@ -56,11 +57,21 @@ class PositionEvents:
         due: float | None = None
         for index, (view, slices) in enumerate(zip(pool_plan.queue, pool_plan.slices_through, strict=True)):
             position = index + 1
+            cap = pool_plan.capped.get(view.key)
+            told = (position, cap.group if cap is not None else "")
             last = self.posted.get(view.key)
-            if last is not None and last[0] == position:
+            if last is not None and last[:2] == told:
                 continue
-            if last is not None and clock - last[1] < interval:
-                due = min(due if due is not None else float("inf"), last[1] + interval)  # the newest, then
+            if last is not None and clock - last[2] < interval:
+                due = min(due if due is not None else float("inf"), last[2] + interval)  # the newest, then
+                continue
+            if cap is not None:
+                message = (
+                    f"Waiting for a GPU slice: position {position} of {length}; your group {cap.group} holds "
+                    f"{cap.in_use} of its {cap.limit} slices, so you go when one of them is free (others go meanwhile)"
+                )
+                self.posted[view.key] = (*told, clock)
+                todo.append((view, message))
                 continue
             eta = estimate(
                 slices=slices,
@@ -72,7 +83,7 @@ class PositionEvents:
                 now=now,
             )
             message = f"Waiting for a GPU slice: position {position} of {length}, {format_eta(eta)}"
-            self.posted[view.key] = (position, clock)
+            self.posted[view.key] = (*told, clock)
             todo.append((view, message))
         for view, message in todo:
             self.events.emit(view, "Queued", message)

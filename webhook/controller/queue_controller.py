@@ -30,12 +30,14 @@ from webhook.controller.cache import WatchCache
 from webhook.controller.events import WRITERS, EventWriter, human
 from webhook.controller.gate import ungate
 from webhook.controller.history_writer import HistoryWriter, Kind
+from webhook.controller.hold_limit import HoldLimit
 from webhook.controller.positions import PositionEvents
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.controller.stuck import StuckHeads
 from webhook.election import FencedKube, LeaderElector
 from webhook.grants import NOTE_LAG, PoolPlan, due_grants, slices_of
 from webhook.history import HistoryStore
+from webhook.hub_api import HubServers
 from webhook.kube import Informer, Kube, KubeError, Obj, pod_path
 from webhook.models import Admitted
 from webhook.pods import format_time, pointer
@@ -81,6 +83,18 @@ class QueueController:
         self.event_writer = EventWriter(self.writer, self.identity)
         self.positions = PositionEvents(config, self.breaker, self.event_writer)
         self.stuck_heads = StuckHeads(config, self.writer, self.cache, self.event_writer)
+        # The hold limit while others wait, only when a pool sets one (it needs the hub's API).
+        self.hold_limit = (
+            HoldLimit(
+                config,
+                self.writer,
+                self.cache,
+                self.event_writer,
+                HubServers(config.policy.hub_api_url, config.policy.hub_api_token),
+            )
+            if any(p.max_hold_seconds_when_queued is not None for p in config.pools.values())
+            else None
+        )
         self.indexed: set[str] = set()  # queued keys the store has (as far as we know)
         # The queue's history (arrivals, grants, releases, cancels), written off the grant path.
         self.history = HistoryWriter(history, config.history) if history is not None else None
@@ -193,6 +207,8 @@ class QueueController:
                 if not task.done() and not task.cancelling():
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.hold_limit is not None:
+                await self.hold_limit.hub.aclose()
 
     async def _leader_loop(self) -> None:
         """A pass after every cache change (a freed slice wakes it at once), and at least every
@@ -262,6 +278,10 @@ class QueueController:
             if told_at is not None:
                 self.next_due = min(self.next_due, told_at)
             await self.stuck_heads.check(name, pool_plan, now)
+            if self.hold_limit is not None:
+                at = await self.hold_limit.check(name, pool_plan, now)
+                if at is not None:
+                    self.next_due = min(self.next_due, time.monotonic() + max(0.0, (at - now).total_seconds()))
             self._export(name, pool_plan)
         if self.breaker.dirty or time.monotonic() - self.last_rebuild >= self.config.controller.reconcile_seconds:
             with metrics.RECONCILE_DURATION.time():
@@ -277,6 +297,8 @@ class QueueController:
             self.left[old.key] = time.monotonic()
             self.positions.forget(old.key)
             self.stuck_heads.forget(old.key)
+            if self.hold_limit is not None:
+                self.hold_limit.forget(old.key)
             if old.pool is None:
                 continue
             pool = self.config.pools[old.pool]
@@ -411,6 +433,7 @@ class QueueController:
         metrics.ADMITTED_ACTIVE.labels(name).set(len(pool_plan.holders))
         metrics.CAPACITY.labels(name).set(pool_plan.capacity)
         metrics.IN_USE.labels(name).set(pool_plan.in_use)
+        metrics.GROUP_CAPPED.labels(name).set(len(pool_plan.capped))
 
     async def _rebuild(self, plans: dict[str, PoolPlan]) -> None:
         """Replace each pool's index with what the pods say: the pods are the truth."""
