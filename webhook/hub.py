@@ -88,6 +88,9 @@ class QueueStatus:
     eta_method: str = ""  # how the API reached the estimate, or why it has none
     refresh_seconds: float = 10.0
     granted_at: datetime | None = None  # when the slice was granted (admitted answers)
+    # A group limit holding this queued spawn back (heldBack): the group, its limit, its use.
+    held_back: tuple[str, int, int] | None = None
+    stop_at: datetime | None = None  # the hold limit's stop of a warned holder (holdLimit.stopAt)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> QueueStatus:
@@ -106,6 +109,8 @@ class QueueStatus:
             eta_method=str(eta.get("method") or ""),
             refresh_seconds=float(data.get("refreshSeconds") or 10.0),
             granted_at=_time_or_none(data.get("grantedAt")),
+            held_back=_held_back(data.get("heldBack")),
+            stop_at=_time_or_none((data.get("holdLimit") or {}).get("stopAt")),
         )
 
     @property
@@ -123,6 +128,12 @@ def _time_or_none(value: Any) -> datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _held_back(value: Any) -> tuple[str, int, int] | None:
+    if not isinstance(value, Mapping) or not isinstance(value.get("group"), str):
+        return None
+    return (value["group"], int(value.get("limit") or 0), int(value.get("inUse") or 0))
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -160,8 +171,24 @@ def queue_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | N
     if status.state != "queued" or status.position is None:
         return None
     length = max(status.queue_length, status.position)
+    if status.held_back is not None:
+        group, limit, in_use = status.held_back
+        return (
+            f"Waiting for a {slice_name}: position {status.position} of {length}; your group {group} holds "
+            f"{in_use} of its {limit} slices, so you go when one of them is free (others go meanwhile)"
+        )
     eta = format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds)
     return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}"
+
+
+def hold_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | None:
+    """The hold limit's warning for a running server, in the words of its Event; None if none."""
+    if status.state != "admitted" or status.stop_at is None:
+        return None
+    return (
+        f"Others are waiting for a {slice_name}: this server will be stopped at {status.stop_at:%H:%M} UTC, as it "
+        "has held one longer than the limit while others wait. Save your work."
+    )
 
 
 #: How far back "moved up N places" looks.
@@ -214,6 +241,12 @@ def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> di
         },
         # The place is kept while the page is closed: the pod waits, not the browser.
         "keepsPlace": status.state == "queued",
+        "heldBack": (
+            {"group": status.held_back[0], "limit": status.held_back[1], "inUse": status.held_back[2]}
+            if status.held_back is not None
+            else None
+        ),
+        "stopAt": status.stop_at.isoformat() if status.stop_at is not None else None,
     }
     if history is not None and status.state == "queued":
         places, seconds = history.moved()
@@ -695,6 +728,17 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
         except QueueApiError:
             return unreadable_message(self.queue_slice_name)
         return queue_message(status, self.queue_slice_name) or f"Joining the queue for a {self.queue_slice_name}..."
+
+    async def hold_line(self) -> str:
+        """For a server holding a slice that the hold limit warned: when it will be stopped (the
+        home page shows it next to the Stop button). Empty otherwise, and when the API cannot say."""
+        if not (self.queue_api_url and (self.ready or self.pending == "spawn")):
+            return ""
+        try:
+            status = await self.fetch_queue_status()
+        except QueueApiError:
+            return ""
+        return hold_message(status, self.queue_slice_name) or ""
 
     async def queue_fallback(self) -> dict[str, str] | None:
         """The waiting room's other choice while queued: ``{"slug", "label"}`` of

@@ -252,6 +252,7 @@ class FakeCluster:
         self.deleted: list[tuple[str, str]] = []
         self.requested_at: dict[tuple[str, str], datetime] = {}
         self.fail_writes = False
+        self.pools: dict[str, Pool] = {}  # the pools' configs the plans use (default: Pool())
 
     def pool_usage(self, pool: str) -> tuple[int, int]:
         return self.usage.get(pool, (0, 0))
@@ -274,7 +275,8 @@ class FakeCluster:
         if not self.synced:
             return None
         capacity, in_use = self.pool_usage(pool)
-        return replace(plan(pool, Pool(capacity=capacity), self.views, []), in_use=in_use)
+        config = self.pools.get(pool, Pool()).model_copy(update={"capacity": capacity})
+        return replace(plan(pool, config, self.views, []), in_use=in_use)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
         if self.fail_writes:

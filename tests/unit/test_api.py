@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -1122,3 +1122,58 @@ async def test_kept_places_list_who_gets_an_old_place_back_and_until_when(api: A
     assert (await api.call("GET", "/pools/{pool}/kept-places", pool="nope")).status == 404
     api.store.down = True  # kept places live in Redis only: no answer from the watch cache
     assert (await api.call("GET", "/pools/{pool}/kept-places", pool="gpu")).status == 503
+
+
+# --- fair use: a group limit holding a queued user back, the hold limit's stop ------------------
+
+
+def policy_config() -> Config:
+    gpu = {"capacity": 8, "groupLimits": {"course-a": 1}, "maxHoldSecondsWhenQueued": 7200, "holdWarningSeconds": 600}
+    return Config.model_validate(
+        {"pools": {"gpu": gpu}, "missingProfile": "allow", "api": {"readTokens": [READ], "adminTokens": [ADMIN]}}
+    )
+
+
+async def test_positions_say_which_group_limit_holds_a_user_back_and_when_a_warned_holder_stops(
+    aiohttp_client: AiohttpClient, store: MemoryQueueStore, cluster: FakeCluster
+) -> None:
+    config = policy_config()
+    cluster.pools = dict(config.pools)
+    cluster.usage = {"gpu": (8, 1)}
+    api = await _api(aiohttp_client, store, cluster, config)
+    held = holder("jupyter-hal", "hal", granted=0)
+    await store.enqueue("gpu", entry(held.name, "hal", -60), 300)
+    assert await store.grant("gpu", held.key, held)
+    cluster.add(
+        PodView(
+            namespace=NS,
+            name=held.name,
+            pool="gpu",
+            requested_at=held.requested_at,
+            granted_at=held.granted_at,
+            user="hal",
+            node=held.node,
+            phase="Running",
+            ready=True,
+            groups=("course-a",),
+            hold_warned_at=at(6600),
+        )
+    )
+    await store.enqueue("gpu", entry("jupyter-ann", "ann", 500), 300)
+    cluster.add(replace(queued_view("jupyter-ann", "ann", 500), groups=("course-a", "students")))
+
+    ann = await api.call("GET", "/users/{user}", user="ann")
+    assert ann.status == 200 and ann.body["state"] == "queued" and ann.body["position"] == 1
+    assert ann.body["heldBack"] == {"policy": "groupLimits", "group": "course-a", "limit": 1, "inUse": 1}
+    assert ann.body["holdLimit"] is None
+
+    hal = await api.call("GET", "/users/{user}", user="hal")
+    assert hal.body["state"] == "admitted" and hal.body["heldBack"] is None
+    assert hal.body["holdLimit"] == {
+        "policy": "maxHoldSecondsWhenQueued",
+        "warnedAt": "2026-11-28T17:50:00Z",
+        "stopAt": "2026-11-28T18:00:00Z",
+        "limitSeconds": 7200,
+    }
+    pod = await api.call("GET", "/queue/{namespace}/{pod}", namespace=NS, pod="jupyter-ann")
+    assert pod.body["heldBack"]["group"] == "course-a"

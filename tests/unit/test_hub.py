@@ -41,6 +41,7 @@ from webhook.hub import (
     QueueStatus,
     format_eta,
     friendly_scheduler_message,
+    queue_fields,
     queue_message,
     unreadable_message,
 )
@@ -546,6 +547,8 @@ async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
         "inUse": 8,
         "eta": {"known": True, "minSeconds": 300, "maxSeconds": 600, "text": "about 5-10 min", "why": ""},
         "keepsPlace": True,
+        "heldBack": None,
+        "stopAt": None,
         "movedUp": {"places": 0, "seconds": 0},
     }
     assert second["message"] == "Waiting for a GPU slice: position 1 of 3, wait time unknown"
@@ -1185,3 +1188,20 @@ async def test_the_pod_carries_the_users_hub_groups_for_gpu_queues_group_limits(
     spawner = await prepared(off, "gpu-enabled")
     await spawner.load_user_options()
     assert "gpu-queue.io/groups" not in ((await spawner.get_pod_manifest()).metadata.annotations or {})
+
+
+def test_a_spawn_held_back_by_its_groups_limit_is_told_why_and_that_others_go_meanwhile() -> None:
+    answer = {
+        "state": "queued",
+        "position": 2,
+        "queueLength": 4,
+        "heldBack": {"policy": "groupLimits", "group": "course-a", "limit": 4, "inUse": 4},
+    }
+    status = QueueStatus.from_json(answer)
+    assert queue_message(status) == (
+        "Waiting for a GPU slice: position 2 of 4; your group course-a holds 4 of its 4 slices, so you go when "
+        "one of them is free (others go meanwhile)"
+    )
+    assert queue_fields(status)["heldBack"] == {"group": "course-a", "limit": 4, "inUse": 4}
+    warned = QueueStatus.from_json({"state": "admitted", "holdLimit": {"stopAt": "2026-12-02T14:05:00Z"}})
+    assert queue_fields(warned)["stopAt"] == "2026-12-02T14:05:00+00:00"
