@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The hub module again on JupyterHub 5.5 (zero-to-jupyterhub 4.x); .venv has the newest JupyterHub.
 HUB5_BIN := .venv-hub5/bin
-HUB_TESTS := tests/unit/test_hub.py tests/cluster/test_hub_view.py tests/cluster/test_hub_real.py tests/cluster/test_waiting_room.py tests/cluster/test_dashboard_hub.py
+HUB_TESTS := tests/unit/test_hub.py tests/cluster/test_hub_view.py tests/cluster/test_hub_real.py tests/cluster/test_waiting_room.py tests/cluster/test_dashboard_hub.py tests/cluster/test_hold_limit.py
 HUB_VERSION = -c 'import sys, jupyterhub, kubespawner; print(f"[test] JupyterHub {jupyterhub.__version__}, KubeSpawner {kubespawner.__version__}: {sys.argv[1]}")'
 
 setup:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from gpu_queue_dev.cluster import DevCluster, DevClusterError, missing_cluster_tools
+from gpu_queue_dev.cluster.service import deep_merge
 
 T = TypeVar("T")
 
@@ -126,3 +129,27 @@ async def kube_api(cluster: DevCluster, *, as_service: bool = False) -> AsyncIte
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     async with client.ApiClient(configuration) as api:
         yield api
+
+
+async def _restart_services(cluster: DevCluster) -> None:
+    for i in range(cluster.replicas):
+        cluster.kill_service(i, signal.SIGTERM)
+    for i in range(cluster.replicas):
+        await cluster.start_service(i)
+
+
+@asynccontextmanager
+async def reconfigured(cluster: DevCluster, overrides: Mapping[str, Any]) -> AsyncIterator[DevCluster]:
+    """The dev cluster's replicas restarted on their config file with ``overrides`` merged in (the
+    same ports, tokens and certificates), and on the original again afterwards, whatever happens."""
+    path = cluster.state.config
+    original = path.read_text()
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(original), overrides), sort_keys=False))
+    cluster._service_config = None
+    try:
+        await _restart_services(cluster)
+        yield cluster
+    finally:
+        path.write_text(original)
+        cluster._service_config = None
+        await _restart_services(cluster)
