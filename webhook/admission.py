@@ -89,6 +89,7 @@ def queued_create(review: AdmissionReview, config: Config, now: datetime) -> tup
         name=name,
         since=min(now, kept) if kept is not None else now,
         slices=slices_in(amount),
+        rank=config.pools[pool_name].rank_of(groups_of(annotations_of(pod).get(config.groups_annotation))),
     )
     return pool_name, note
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from webhook.config import Config
-from webhook.models import pod_key, score_of
+from webhook.models import RANK_SPAN, pod_key, ranked_score
 from webhook.node_fit import NodeConstraints, Taint, constraints_of, taints_of
 from webhook.pods import (
     annotations_of,
@@ -67,6 +67,8 @@ class PodView:
     groups: tuple[str, ...] = ()
     # When the hold limit warned this holder (``webhook.hold_limit``), as the leader marked it.
     hold_warned_at: datetime | None = None
+    # Its pool's ``groupPriority`` rank (0 without priorities): a lower rank goes first.
+    rank: int = 0
 
     @property
     def key(self) -> str:
@@ -90,9 +92,10 @@ class PodView:
 
     @property
     def order(self) -> tuple[float, str]:
-        """FIFO order: requested-at (creation time if the stamp is bad), then namespace/name."""
+        """Queue order: the rank, then requested-at (creation time if the stamp is bad), then
+        namespace/name; the store's order too (``webhook.models.ranked_score``)."""
         when = self.requested_at or self.created_at
-        return (score_of(when) if when is not None else 0.0, self.key)
+        return (ranked_score(when, self.rank) if when is not None else float(self.rank * RANK_SPAN), self.key)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
                     continue
     if pool is None and not resources:
         return None
+    groups = groups_of(annotations.get(config.groups_annotation)) if pool is not None else ()
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions if isinstance(c, dict))
     node = str(spec.get("nodeName") or "")
@@ -150,8 +154,9 @@ def pod_view(pod: Mapping[str, Any], config: Config) -> PodView | None:
         deleting=meta.get("deletionTimestamp") is not None,
         removed=config.removed_annotation in annotations,
         released=config.released_annotation in annotations,
-        groups=groups_of(annotations.get(config.groups_annotation)) if pool is not None else (),
+        groups=groups,
         hold_warned_at=parse_time(annotations.get(config.hold_warned_annotation)),
+        rank=config.pools[pool].rank_of(groups) if pool is not None else 0,
         created_at=parse_time(meta.get("creationTimestamp")),
         resources=resources,
         any_gate=bool(scheduling_gates(dict(pod))),

@@ -122,6 +122,15 @@ class Pool(_Model):
             "waits while the group holds its limit, and others go meanwhile"
         ),
     )
+    group_priority: list[str] = Field(
+        default_factory=list,
+        alias="groupPriority",
+        max_length=5,
+        description=(
+            "JupyterHub groups in the order they go, e.g. [instructors, students]: a member of an earlier "
+            "group goes ahead of later ones and of users in none, FIFO within each; never preempts"
+        ),
+    )
     max_hold_seconds_when_queued: int | None = Field(
         None,
         gt=0,
@@ -147,6 +156,25 @@ class Pool(_Model):
     def _non_negative(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 0:
             raise ValueError("capacity must be >= 0 or 'auto'")
+        return v
+
+    def rank_of(self, groups: tuple[str, ...] | list[str]) -> int:
+        """The pod's rank in ``groupPriority``: the first listed group it is in; after all of
+        them (``len(groupPriority)``) for a user in none. 0 without priorities."""
+        for rank, group in enumerate(self.group_priority):
+            if group in groups:
+                return rank
+        return len(self.group_priority)
+
+    def rank_group(self, rank: int) -> str | None:
+        """The group a rank stands for (None: the users in none of them)."""
+        return self.group_priority[rank] if rank < len(self.group_priority) else None
+
+    @field_validator("group_priority")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not all(v):
+            raise ValueError(f"groupPriority: distinct, non-empty group names, got {v}")
         return v
 
     @field_validator("group_limits")

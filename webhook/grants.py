@@ -169,7 +169,8 @@ def _holder_order(pod: PodView) -> tuple[datetime, str]:
 def plan(name: str, pool: Pool, pods: Iterable[PodView], nodes: Iterable[NodeView]) -> PoolPlan:
     """Who waits (FIFO order), who holds, and which heads get slices now (never above capacity).
 
-    Strict FIFO in slices: heads are granted while their slices fit in what is free; a head that
+    The queue is in ``PodView.order``: by ``groupPriority`` rank first (0 without priorities),
+    FIFO within a rank. Strict FIFO in slices: heads are granted while their slices fit in what is free; a head that
     does not fit yet (it asks for 2 and 1 is free) blocks everyone behind it, so a stream of
     one-slice users can never starve a two-slice one.
 
@@ -225,10 +226,15 @@ def unseen_ahead(head: PodView, admitted: Iterable[Admitted], seen: Container[st
     """The notes of pods ``/mutate`` admitted that the watch has not delivered yet and that may
     have been stamped before ``head``: each may still arrive and must find its slice if ``head``
     goes first (I2). A note's ``since`` is no later than that pod's requested-at, so one with
-    ``since`` after ``head``'s stamp is behind it."""
+    ``since`` after ``head``'s stamp is behind it, unless its rank is a better one (then it is
+    ahead whenever it came)."""
     if head.requested_at is None:
         return []
-    return [a for a in admitted if a.key not in seen and a.since <= head.requested_at]
+    return [
+        a
+        for a in admitted
+        if a.key not in seen and (a.rank < head.rank or (a.rank == head.rank and a.since <= head.requested_at))
+    ]
 
 
 def cannot_reorder(through: int, free: int, unseen: int) -> bool:

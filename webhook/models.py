@@ -33,6 +33,20 @@ def score_of(requested_at: datetime) -> float:
     return float(round(requested_at.timestamp() * 1_000_000))
 
 
+#: A pool's ``groupPriority`` ranks its queue: rank r goes before rank r + 1, FIFO within a rank.
+#: The store orders by one number, so a rank adds ``r * RANK_SPAN`` to the requested-at in
+#: microseconds: 2**50 us is 35.7 years, more than any spread of requested-at times, and a score
+#: stays an exact integer in a double (below 2**53) for ranks up to MAX_RANK until the year 2041.
+#: Rank 0 (every pod of a pool without priorities) is the plain requested-at, as before ranks.
+RANK_SPAN: Final = 2**50
+MAX_RANK: Final = 5
+
+
+def ranked_score(requested_at: datetime, rank: int) -> float:
+    """The store's order of a pod: its rank first, then its requested-at."""
+    return score_of(requested_at) + rank * RANK_SPAN
+
+
 class QueueEntry(_Wire):
     """A pod waiting for a slice."""
 
@@ -42,6 +56,7 @@ class QueueEntry(_Wire):
     server: str = ""
     requested_at: datetime = Field(alias="requestedAt")
     uid: str = ""
+    rank: int = Field(0, ge=0, le=MAX_RANK, description="groupPriority rank: lower goes first; 0 without priorities")
 
     @property
     def key(self) -> str:
@@ -49,7 +64,7 @@ class QueueEntry(_Wire):
 
     @property
     def score(self) -> float:
-        return score_of(self.requested_at)
+        return ranked_score(self.requested_at, self.rank)
 
 
 class Holder(_Wire):
@@ -63,6 +78,7 @@ class Holder(_Wire):
     granted_at: datetime = Field(alias="grantedAt")
     node: str = ""
     uid: str = ""
+    rank: int = Field(0, ge=0, le=MAX_RANK, description="The groupPriority rank it was queued with")
 
     @property
     def key(self) -> str:
@@ -91,6 +107,7 @@ class Admitted(_Wire):
     name: str
     since: datetime = Field(description="no later than the pod's requested-at")
     slices: int = Field(1, ge=1)
+    rank: int = Field(0, ge=0, le=MAX_RANK, description="groupPriority rank: a lower one is ahead whenever it came")
 
     @property
     def key(self) -> str:

@@ -20,6 +20,7 @@ def entry_of(view: PodView) -> QueueEntry:
         server=view.server,
         requested_at=view.requested_at or view.created_at or datetime.now(UTC),
         uid=view.uid,
+        rank=view.rank,
     )
 
 
@@ -33,4 +34,5 @@ def holder_of(view: PodView) -> Holder:
         granted_at=view.granted_at or view.created_at or datetime.now(UTC),
         node=view.node,
         uid=view.uid,
+        rank=view.rank,
     )

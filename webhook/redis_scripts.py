@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from webhook.models import Holder, QueueEntry, score_of, split_key
+from webhook.models import RANK_SPAN, Holder, QueueEntry, score_of, split_key
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -31,9 +31,15 @@ def micros(when: datetime) -> int:
     return int(score_of(when))
 
 
-def from_micros(value: str | float | int) -> datetime:
-    """Exact: a timedelta of integer microseconds, not a float timestamp."""
-    return _EPOCH + timedelta(microseconds=int(float(value)))
+def from_micros(value: str | float | int, rank: int = 0) -> datetime:
+    """Exact: a timedelta of integer microseconds, not a float timestamp. ``rank``: the score is
+    a ranked one (``webhook.models.ranked_score``), its time is the score less the rank's span."""
+    return _EPOCH + timedelta(microseconds=int(float(value)) - rank * RANK_SPAN)
+
+
+def _rank(data: dict[str, Any]) -> int:
+    value = data.get("rank")
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def user_field(user: str, server: str) -> str:
@@ -52,22 +58,23 @@ def entry_from(key: str, score: str | float, raw: str) -> QueueEntry:
     if not data:
         namespace, name = split_key(key)
         data = {"namespace": namespace, "name": name}
-    data["requestedAt"] = from_micros(score)
+    data["requestedAt"] = from_micros(score, _rank(data))
     return QueueEntry.model_validate(data)
 
 
 def holder_json(holder: Holder) -> str:
-    """A holder with its requested-at as ``requestedScore`` (GRANT sets it from the FIFO)."""
+    """A holder with its requested-at as ``requestedScore`` (GRANT sets it from the FIFO, with
+    the entry's rank)."""
     data = holder.model_dump(mode="json", by_alias=True, exclude={"requested_at"})
     if holder.requested_at is not None:
-        data["requestedScore"] = str(micros(holder.requested_at))
+        data["requestedScore"] = str(micros(holder.requested_at) + holder.rank * RANK_SPAN)
     return json.dumps(data)
 
 
 def holder_from(raw: str) -> Holder:
     data: dict[str, Any] = json.loads(raw)
     score = data.pop("requestedScore", None)
-    data["requestedAt"] = from_micros(score) if score else None
+    data["requestedAt"] = from_micros(score, _rank(data)) if score else None
     return Holder.model_validate(data)
 
 
@@ -75,6 +82,7 @@ def holder_from(raw: str) -> Holder:
 
 # Shared Lua helpers. `field` mirrors user_field; keys lists are tiny (one per pod of a server).
 _PRELUDE = r"""
+local RANK_SPAN = 1125899906842624  -- webhook.models.RANK_SPAN, 2^50
 local function field(user, server)
   if type(user) ~= 'string' or user == '' then return nil end
   if type(server) ~= 'string' then server = '' end
@@ -128,7 +136,8 @@ if ARGV[4] ~= '' and tonumber(ARGV[6]) > 0 then
     redis.call('HDEL', KEYS[4], ARGV[4])
     redis.call('ZREM', KEYS[5], ARGV[4])
     local live = tonumber(t.expires) > now and tonumber(t.removed) + tonumber(ARGV[6]) > now
-    if live and tonumber(t.score) < tonumber(score) then
+    local same_rank = tonumber(t.rank or 0) == tonumber(cjson.decode(ARGV[3]).rank or 0)
+    if live and same_rank and tonumber(t.score) < tonumber(score) then
       score = t.score
       status = 2
     end
@@ -164,11 +173,15 @@ if raw ~= '' then
   if f and ARGV[2] == '1' then
     local old = redis.call('HGET', KEYS[3], f)
     local keep = score
+    local rank = tonumber(e.rank or 0)
     if old then
       local t = cjson.decode(old)
-      if tonumber(t.expires) > tonumber(ARGV[4]) and tonumber(t.score) < tonumber(score) then keep = t.score end
+      local same_rank = tonumber(t.rank or 0) == rank
+      if same_rank and tonumber(t.expires) > tonumber(ARGV[4]) and tonumber(t.score) < tonumber(score) then
+        keep = t.score
+      end
     end
-    redis.call('HSET', KEYS[3], f, cjson.encode({score = keep, removed = ARGV[4], expires = ARGV[3]}))
+    redis.call('HSET', KEYS[3], f, cjson.encode({score = keep, removed = ARGV[4], expires = ARGV[3], rank = rank}))
     redis.call('ZADD', KEYS[4], ARGV[3], f)
   end
 end
@@ -194,11 +207,12 @@ for _, name in ipairs({'user', 'server', 'uid'}) do
   if (h[name] == nil or h[name] == '') and type(e[name]) == 'string' then h[name] = e[name] end
 end
 h.requestedScore = score
+h.rank = tonumber(e.rank or 0)
 local stored = cjson.encode(h)
 redis.call('HSET', KEYS[3], key, stored)
 idx_del(KEYS[5], field(e.user, e.server), key)
 idx_add(KEYS[5], field(h.user, h.server), key)
-local wait = (tonumber(ARGV[3]) - tonumber(score)) / 1e6
+local wait = (tonumber(ARGV[3]) - (tonumber(score) - h.rank * RANK_SPAN)) / 1e6
 if wait < 0 then wait = 0 end
 redis.call('LPUSH', KEYS[4], string.format('%.6f', wait))
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)

@@ -221,7 +221,7 @@ class RedisQueueStore:
                 [k.fifo, k.entries, k.holders, k.tombs, k.tomb_expiry, k.by_user],
                 [
                     entry.key,
-                    str(micros(entry.requested_at)),
+                    str(int(entry.score)),  # requested-at with the rank (webhook.models.ranked_score)
                     entry_json(entry),
                     user_field(entry.user, entry.server),
                     str(micros(now)),
@@ -315,7 +315,7 @@ class RedisQueueStore:
         queued = [e for e in entries if e.key not in holding]
         args.append(str(len(queued)))
         for e in queued:
-            args += [e.key, str(micros(e.requested_at)), entry_json(e), user_field(e.user, e.server)]
+            args += [e.key, str(int(e.score)), entry_json(e), user_field(e.user, e.server)]
         for h in holders:
             args += [h.key, holder_json(h), user_field(h.user, h.server)]
 
@@ -372,7 +372,8 @@ class RedisQueueStore:
                 continue  # expired; the next write purges it
             user, _, server = _text(field_raw).partition("\x00")
             expires = from_micros(data["expires"])
-            out.append(KeptPlace(user=user, server=server, requested_at=from_micros(data["score"]), expires_at=expires))
+            requested = from_micros(data["score"], int(data.get("rank") or 0))
+            out.append(KeptPlace(user=user, server=server, requested_at=requested, expires_at=expires))
         return sorted(out, key=lambda t: (t.requested_at, t.user, t.server))
 
     async def note_admitted(self, pool: str, admitted: Admitted) -> None:

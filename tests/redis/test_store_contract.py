@@ -567,3 +567,50 @@ async def test_the_same_note_twice_is_one_and_old_notes_go_on_the_next_write(sto
     assert len(await store.admitted(POOL, at(-1))) == 1
     await store.note_admitted(POOL, admitted("b", 61.0))  # a is more than a minute older: dropped
     assert [a.name for a in await store.admitted(POOL, at(-1))] == ["b"]
+
+
+# -- groupPriority ranks ----------------------------------------------------------------------
+
+
+def ranked(name: str, t: float, rank: int, **kw: object) -> QueueEntry:
+    return entry(name, t, **kw).model_copy(update={"rank": rank})  # type: ignore[arg-type]
+
+
+async def test_a_better_rank_goes_first_whenever_it_came_fifo_within_a_rank(store: QueueStore) -> None:
+    for name, t, rank in [("jupyter-s1", 1, 1), ("jupyter-o1", 2, 2), ("jupyter-s2", 3, 1), ("jupyter-i1", 9, 0)]:
+        await store.enqueue(POOL, ranked(name, t, rank), 300)
+    assert await queued_keys(store) == ["jhub/jupyter-i1", "jhub/jupyter-s1", "jhub/jupyter-s2", "jhub/jupyter-o1"]
+    assert await store.position(POOL, "jhub/jupyter-o1") == (4, 4)
+    listed = {e.name: (e.requested_at, e.rank) for e in await store.entries(POOL)}
+    assert listed["jupyter-i1"] == (at(9), 0) and listed["jupyter-o1"] == (at(2), 2), "the true time comes back"
+
+
+async def test_a_ranked_grant_keeps_the_true_requested_at_and_wait(store: QueueStore) -> None:
+    e = ranked("jupyter-stu", 1, 3)
+    await store.enqueue(POOL, e, 300)
+    assert await store.grant(POOL, e.key, holder_for(e, 90.0))
+    [held] = await store.holders(POOL)
+    assert (held.requested_at, held.rank) == (at(1), 3)
+    assert await store.wait_samples(POOL) == [90.0]
+
+
+async def test_a_kept_place_comes_back_only_at_the_same_rank(store: QueueStore) -> None:
+    await store.enqueue(POOL, ranked("jupyter-ann", 1, 1), 300)
+    await store.remove(POOL, "jhub/jupyter-ann", 300)
+    [kept] = await store.kept_places(POOL)
+    assert kept.requested_at == at(1), "the kept place's true time"
+    back = await store.enqueue(POOL, ranked("jupyter-ann", 50, 1), 300)
+    assert back.requested_at == at(1), "same rank: the old place"
+    await store.remove(POOL, "jhub/jupyter-ann", 300)
+    other = await store.enqueue(POOL, ranked("jupyter-ann", 60, 0), 300)
+    assert (other.requested_at, other.rank) == (at(60), 0), "another rank: no place from the old one"
+
+
+async def test_a_rebuild_keeps_the_ranks(store: QueueStore) -> None:
+    entries = [ranked("jupyter-late", 5, 0), ranked("jupyter-early", 1, 2)]
+    await store.rebuild(POOL, entries, [])
+    assert await queued_keys(store) == ["jhub/jupyter-late", "jhub/jupyter-early"]
+    assert {e.name: e.requested_at for e in await store.entries(POOL)} == {
+        "jupyter-late": at(5),
+        "jupyter-early": at(1),
+    }

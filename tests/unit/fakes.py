@@ -21,7 +21,7 @@ from typing import TypeVar
 from webhook.cluster_view import PodView
 from webhook.config import Pool
 from webhook.grants import PoolPlan, plan
-from webhook.models import ADMITTED_KEEP, Admitted, Holder, KeptPlace, QueueEntry
+from webhook.models import ADMITTED_KEEP, RANK_SPAN, Admitted, Holder, KeptPlace, QueueEntry
 from webhook.protocols import StoreUnavailable
 from webhook.redis_store import STATS_CAP
 
@@ -45,6 +45,7 @@ class _Tomb:
     requested_at: datetime
     removed_at: datetime
     expires_at: datetime
+    rank: int = 0  # a kept place is given back only at the same groupPriority rank
 
 
 @dataclass
@@ -98,7 +99,7 @@ class MemoryQueueStore:
                 and tomb.expires_at > now
                 and tomb.removed_at + timedelta(seconds=keep_place_seconds) > now
             )
-            if tomb is not None and live and tomb.requested_at < entry.requested_at:
+            if tomb is not None and live and tomb.rank == entry.rank and tomb.requested_at < entry.requested_at:
                 entry = entry.model_copy(update={"requested_at": tomb.requested_at})
         state.queue[entry.key] = entry
         return entry
@@ -118,9 +119,9 @@ class MemoryQueueStore:
             place = (entry.user, entry.server)
             old = state.tombstones.get(place)
             keep = entry.requested_at
-            if old is not None and old.expires_at > now and old.requested_at < keep:
+            if old is not None and old.rank == entry.rank and old.expires_at > now and old.requested_at < keep:
                 keep = old.requested_at
-            state.tombstones[place] = _Tomb(keep, now, now + timedelta(seconds=keep_place_seconds))
+            state.tombstones[place] = _Tomb(keep, now, now + timedelta(seconds=keep_place_seconds), entry.rank)
         return entry
 
     async def grant(self, pool: str, key: str, holder: Holder) -> bool:
@@ -135,6 +136,7 @@ class MemoryQueueStore:
                 "user": holder.user or entry.user,
                 "server": holder.server or entry.server,
                 "uid": holder.uid or entry.uid,
+                "rank": entry.rank,
             }
         )
         wait = max(0.0, (holder.granted_at - entry.requested_at).total_seconds())
@@ -189,7 +191,7 @@ class MemoryQueueStore:
         # Like the Redis script: with no room between the neighbours, keep the candidate whose
         # tie-break by key lands on the target place (or the last one tried).
         for score in candidates:
-            state.queue[key] = entry.model_copy(update={"requested_at": _time_of(score)})
+            state.queue[key] = entry.model_copy(update={"requested_at": _time_of(score - entry.rank * RANK_SPAN)})
             if [e.key for e in state.ordered()].index(key) == index:
                 break
         return state.queue[key]

@@ -1,6 +1,7 @@
-"""Group limits in the pure grant decision (``webhook.grants.plan``): a member of a group at its
-limit waits with slices free and keeps its place, nobody else is held back by it, and no limit or
-the pool's capacity is ever exceeded, checked against an independent one-grant-at-a-time model."""
+"""Group priorities and limits in the pure grant decision (``webhook.grants.plan``): an earlier
+group of ``groupPriority`` goes first, FIFO within each; a member of a group at its limit waits
+with slices free and keeps its place, nobody else is held back by it, and no limit or the pool's
+capacity is ever exceeded, checked against an independent one-grant-at-a-time model."""
 
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 GROUPS = ("course-a", "course-b", "staff")
 
 
-def gpu_pool(capacity: int, limits: dict[str, int]) -> Pool:
-    return CONFIG.pools["gpu"].model_copy(update={"capacity": capacity, "group_limits": limits})
+def gpu_pool(capacity: int, limits: dict[str, int], priority: list[str] | None = None) -> Pool:
+    update = {"capacity": capacity, "group_limits": limits, "group_priority": priority or []}
+    return CONFIG.pools["gpu"].model_copy(update=update)
 
 
 def node(slices: int = 8) -> NodeView:
     return NodeView("gpu-1", {"nvidia.com/gpu.present": "true"}, {"nvidia.com/gpu": Decimal(slices)})
 
 
-def waiting(name: str, at: float, *groups: str, slices: int = 1) -> PodView:
+def waiting(name: str, at: float, *groups: str, slices: int = 1, pool: Pool | None = None) -> PodView:
     return PodView(
         namespace="jhub",
         name=name,
@@ -38,11 +40,12 @@ def waiting(name: str, at: float, *groups: str, slices: int = 1) -> PodView:
         requested_at=T0 + timedelta(seconds=at),
         resources={"nvidia.com/gpu": Decimal(slices)},
         groups=tuple(sorted(groups)),
+        rank=pool.rank_of(groups) if pool is not None else 0,
     )
 
 
-def holding(name: str, *groups: str, slices: int = 1) -> PodView:
-    pod = waiting(name, -100, *groups, slices=slices)
+def holding(name: str, *groups: str, slices: int = 1, pool: Pool | None = None) -> PodView:
+    pod = waiting(name, -100, *groups, slices=slices, pool=pool)
     return replace(pod, gated=False, granted_at=T0, node="gpu-1", phase="Running", ready=True)
 
 
@@ -123,6 +126,41 @@ def test_strict_fifo_still_holds_for_those_not_capped() -> None:
     assert result.grants_through == []
 
 
+def test_an_earlier_priority_group_goes_first_fifo_within_each_and_nobody_is_preempted() -> None:
+    pool = gpu_pool(1, {}, ["instructors", "students"])
+    pods = [
+        holding("running-student", "students", pool=pool),
+        waiting("s1", 1, "students", pool=pool),
+        waiting("guest", 2, pool=pool),
+        waiting("s2", 3, "students", pool=pool),
+        waiting("i1", 9, "instructors", pool=pool),
+        waiting("i2", 10, "instructors", "students", pool=pool),
+    ]
+    result = plan("gpu", pool, pods, [node(1)])
+    assert names(result.queue) == ["i1", "i2", "s1", "s2", "guest"], "by rank, FIFO within; no group: last"
+    assert result.grants == [] and names(result.holders) == ["running-student"], "never preempts"
+    freed = [p for p in pods if p.name != "running-student"]
+    assert names(plan("gpu", pool, freed, [node(1)]).grants) == ["i1"]
+
+
+def test_without_instructors_waiting_students_go_in_arrival_order() -> None:
+    pool = gpu_pool(2, {}, ["instructors", "students"])
+    pods = [waiting("s2", 2, "students", pool=pool), waiting("s1", 1, "students", pool=pool)]
+    assert names(plan("gpu", pool, pods, [node(2)]).grants) == ["s1", "s2"]
+
+
+def test_priority_and_limits_together_a_capped_instructor_lets_students_through() -> None:
+    pool = gpu_pool(3, {"instructors": 1}, ["instructors", "students"])
+    pods = [
+        holding("i0", "instructors", pool=pool),
+        waiting("i1", 5, "instructors", pool=pool),
+        waiting("s1", 1, "students", pool=pool),
+    ]
+    result = plan("gpu", pool, pods, [node(3)])
+    assert names(result.queue) == ["i1", "s1"] and result.position("jhub/i1") == 1
+    assert names(result.grants) == ["s1"] and set(result.capped) == {"jhub/i1"}
+
+
 def test_the_groups_annotation_reaches_the_pod_view() -> None:
     pod = {
         "metadata": {
@@ -158,6 +196,7 @@ class Model:
 
     capacity: int
     limits: dict[str, int]
+    priority: list[str] = field(default_factory=list)
     line: list[Request] = field(default_factory=list)  # arrival order
     holders: list[Request] = field(default_factory=list)
 
@@ -167,11 +206,18 @@ class Model:
     def held_back(self, r: Request) -> bool:
         return any(self.held(g) + r.slices > self.limits[g] for g in r.groups if g in self.limits)
 
+    def rank(self, r: Request) -> int:
+        return min((i for i, g in enumerate(self.priority) if g in r.groups), default=len(self.priority))
+
+    def in_line(self) -> list[Request]:
+        """The line as the policy orders it: by priority rank, arrival order within a rank."""
+        return sorted(self.line, key=self.rank)  # sorted() is stable: arrival order within a rank
+
     def grants(self) -> list[str]:
         granted: list[str] = []
         while True:
             free = self.capacity - sum(r.slices for r in self.holders)
-            first = next((r for r in self.line if not self.held_back(r)), None)
+            first = next((r for r in self.in_line() if not self.held_back(r)), None)
             if first is None or first.slices > free:
                 return granted
             self.line.remove(first)
@@ -186,15 +232,15 @@ class GroupLimitsMachine(RuleBasedStateMachine):
         super().__init__()
         self.count = 0
         self.model = Model(0, {})
-        self.waited_passes: dict[str, int] = {}
 
     @initialize(
         capacity=st.integers(0, 6),
         limits=st.dictionaries(st.sampled_from(GROUPS), st.integers(0, 4), max_size=3),
+        priority=st.lists(st.sampled_from(GROUPS), unique=True, max_size=2),
     )
-    def setup(self, capacity: int, limits: dict[str, int]) -> None:
-        self.model = Model(capacity, limits)
-        self.pool = gpu_pool(capacity, limits)
+    def setup(self, capacity: int, limits: dict[str, int], priority: list[str]) -> None:
+        self.model = Model(capacity, limits, priority)
+        self.pool = gpu_pool(capacity, limits, priority)
 
     @rule(slices=st.integers(1, 3), groups=st.frozensets(st.sampled_from(GROUPS), max_size=2))
     def arrive(self, slices: int, groups: frozenset[str]) -> None:
@@ -208,11 +254,14 @@ class GroupLimitsMachine(RuleBasedStateMachine):
 
     @rule()
     def grant_pass(self) -> None:
-        pods = [waiting(r.name, i, *r.groups, slices=r.slices) for i, r in enumerate(self.model.line)] + [
-            holding(r.name, *r.groups, slices=r.slices) for r in self.model.holders
-        ]
-        got = names(plan("gpu", self.pool, pods, [node(self.model.capacity)]).grants)
-        assert got == self.model.grants()
+        result = plan("gpu", self.pool, self.pods(), [node(self.model.capacity)])
+        assert names(result.queue) == [r.name for r in self.model.in_line()], "the queue's order"
+        assert names(result.grants) == self.model.grants()
+
+    def pods(self) -> list[PodView]:
+        pool = self.pool
+        line = [waiting(r.name, i, *r.groups, slices=r.slices, pool=pool) for i, r in enumerate(self.model.line)]
+        return line + [holding(r.name, *r.groups, slices=r.slices, pool=pool) for r in self.model.holders]
 
     @invariant()
     def never_over_capacity_or_a_limit(self) -> None:
@@ -224,12 +273,10 @@ class GroupLimitsMachine(RuleBasedStateMachine):
     def nothing_that_fits_is_left_waiting(self) -> None:
         """After a pass, nothing is both free and wanted: the first request no limit holds back
         needs more slices than are free (else it would have gone)."""
-        pods = [waiting(r.name, i, *r.groups, slices=r.slices) for i, r in enumerate(self.model.line)]
-        pods += [holding(r.name, *r.groups, slices=r.slices) for r in self.model.holders]
-        result = plan("gpu", self.pool, pods, [node(self.model.capacity)])
+        result = plan("gpu", self.pool, self.pods(), [node(self.model.capacity)])
         if not result.grants:
             free = self.model.capacity - sum(r.slices for r in self.model.holders)
-            first = next((r for r in self.model.line if not self.model.held_back(r)), None)
+            first = next((r for r in self.model.in_line() if not self.model.held_back(r)), None)
             assert first is None or first.slices > free
 
 

@@ -61,6 +61,15 @@ async def _find_queued(request: web.Request, pool: str, key: str) -> int:
     raise ApiError(404, f"pod {key} is not queued in pool {pool!r}", {"pool": pool, "pod": key})
 
 
+async def _within_rank(request: web.Request, pool: str, key: str, target: int) -> int:
+    """In a pool with ``groupPriority`` a move stays inside the pod's rank (the priority decides
+    between ranks, the admin within one): the target clamped to where that rank's pods stand."""
+    entries = await request.app[STORE_KEY].entries(pool, 0, -1)
+    rank = next((e.rank for e in entries if e.key == key), 0)
+    places = [i + 1 for i, e in enumerate(entries) if e.rank == rank]
+    return min(max(target, places[0]), places[-1]) if places else target
+
+
 def _audit(request: web.Request) -> dict[str, Any]:
     """Who made an edit, for its log line: the token's label (never the token), actor and peer."""
     principal = request[PRINCIPAL_KEY]
@@ -82,6 +91,8 @@ async def move_queued_pod(request: web.Request) -> web.Response:
     previous = await _find_queued(request, path.pool, key)
     length = await store.length(path.pool)
     target = min(body.position, max(length, 1))
+    if pool_config(request, path.pool).group_priority:
+        target = await _within_rank(request, path.pool, key, target)
     moved = await store.move(path.pool, key, target)
     if moved is None:
         raise ApiError(404, f"pod {key} left the queue of pool {path.pool!r} during the move", {"pod": key})
