@@ -90,6 +90,8 @@ class QueueStatus:
     granted_at: datetime | None = None  # when the slice was granted (admitted answers)
     # A group limit holding this queued spawn back (heldBack): the group, its limit, its use.
     held_back: tuple[str, int, int] | None = None
+    # groupPriority: how many are ahead by a better rank, per group (priority.ahead)
+    priority_ahead: dict[str, int] | None = None
     stop_at: datetime | None = None  # the hold limit's stop of a warned holder (holdLimit.stopAt)
 
     @classmethod
@@ -110,6 +112,7 @@ class QueueStatus:
             refresh_seconds=float(data.get("refreshSeconds") or 10.0),
             granted_at=_time_or_none(data.get("grantedAt")),
             held_back=_held_back(data.get("heldBack")),
+            priority_ahead=_ahead(data.get("priority")),
             stop_at=_time_or_none((data.get("holdLimit") or {}).get("stopAt")),
         )
 
@@ -134,6 +137,31 @@ def _held_back(value: Any) -> tuple[str, int, int] | None:
     if not isinstance(value, Mapping) or not isinstance(value.get("group"), str):
         return None
     return (value["group"], int(value.get("limit") or 0), int(value.get("inUse") or 0))
+
+
+def _ahead(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, Mapping) or not isinstance(value.get("ahead"), Mapping):
+        return None
+    return {str(k): int(v) for k, v in value["ahead"].items() if isinstance(v, int)}
+
+
+def priority_text(status: QueueStatus) -> str:
+    """``; ahead of you by priority: 2 in instructors`` (the controller's Events say the same)."""
+    if not status.priority_ahead:
+        return ""
+    parts = [f"{count} in {group}" for group, count in status.priority_ahead.items()]
+    return f"; ahead of you by priority: {', '.join(parts)} (groupPriority goes first)"
+
+
+def joined_ahead(before: QueueStatus | None, now: QueueStatus) -> str:
+    """Why the place got worse, when it is a better-ranked arrival: ``Someone in instructors
+    joined the queue ahead of you (groupPriority). ``; empty otherwise."""
+    if before is None or before.position is None or now.position is None or now.position <= before.position:
+        return ""
+    grew = [g for g, n in (now.priority_ahead or {}).items() if n > (before.priority_ahead or {}).get(g, 0)]
+    if not grew:
+        return ""
+    return f"Someone in {' and '.join(grew)} joined the queue ahead of you (groupPriority). "
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -178,7 +206,7 @@ def queue_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | N
             f"{in_use} of its {limit} slices, so you go when one of them is free (others go meanwhile)"
         )
     eta = format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds)
-    return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}"
+    return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}{priority_text(status)}"
 
 
 def hold_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | None:
@@ -247,6 +275,7 @@ def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> di
             else None
         ),
         "stopAt": status.stop_at.isoformat() if status.stop_at is not None else None,
+        "priorityAhead": status.priority_ahead,
     }
     if history is not None and status.state == "queued":
         places, seconds = history.moved()
@@ -842,12 +871,14 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             yield {"message": unreadable, "gpu_queue": unknown_fields("the queue API does not answer")}
                         waiting = False
                     else:
-                        last_status = status
+                        before, last_status = last_status, status
                         waiting = status.state == "queued"
                         if waiting and status.position is not None:
                             self._places.note(status.position)
                         self._note_grant(status)
                         message = queue_message(status, self.queue_slice_name)
+                        if message is not None and waiting:
+                            message = joined_ahead(before, status) + message
                         if message is not None and message != last_message:
                             last_message = message
                             yield {"message": message, "gpu_queue": queue_fields(status, self._places)}

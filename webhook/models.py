@@ -150,6 +150,17 @@ class HeldBack(_Wire):
     in_use: int = Field(alias="inUse", ge=0, description="Slices the group's members hold now")
 
 
+class Priority(_Wire):
+    """Where a queued pod stands in its pool's ``groupPriority``: its rank (0 goes first), the
+    group that gave it (None: in none of them, after all of them), and who is ahead of it for a
+    better rank: ``ahead`` counts them by group ("2 instructors are ahead of you")."""
+
+    policy: str = "groupPriority"
+    rank: int = Field(ge=0)
+    group: str | None = None
+    ahead: dict[str, int] = Field(default_factory=dict, description="Queued ahead of it by a better rank, per group")
+
+
 class HoldLimit(_Wire):
     """A holder the hold limit warned (``maxHoldSecondsWhenQueued``): others wait, so the server
     is stopped through the hub at ``stopAt``, unless the queue empties first."""
@@ -178,6 +189,9 @@ class Position(_Wire):
     eta: Eta = Field(default_factory=lambda: Eta(known=False))
     refresh_seconds: float = Field(10.0, alias="refreshSeconds")
     held_back: HeldBack | None = Field(None, alias="heldBack", description="Queued, but held back by a group limit")
+    priority: Priority | None = Field(
+        None, description="Queued in a pool with groupPriority: the rank and who is ahead"
+    )
     hold_limit: HoldLimit | None = Field(
         None, alias="holdLimit", description="Admitted, warned: stopped at stopAt unless nobody waits by then"
     )

@@ -641,6 +641,7 @@ async def test_a_pod_the_cache_has_queued_but_the_store_has_not_indexed_is_pendi
         "eta": {"known": False, "minSeconds": None, "maxSeconds": None, "method": ""},
         "refreshSeconds": 1.0,
         "heldBack": None,
+        "priority": None,
         "holdLimit": None,
         "source": "store",
     }

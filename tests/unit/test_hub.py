@@ -41,6 +41,7 @@ from webhook.hub import (
     QueueStatus,
     format_eta,
     friendly_scheduler_message,
+    joined_ahead,
     queue_fields,
     queue_message,
     unreadable_message,
@@ -549,6 +550,7 @@ async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
         "keepsPlace": True,
         "heldBack": None,
         "stopAt": None,
+        "priorityAhead": None,
         "movedUp": {"places": 0, "seconds": 0},
     }
     assert second["message"] == "Waiting for a GPU slice: position 1 of 3, wait time unknown"
@@ -1205,3 +1207,18 @@ def test_a_spawn_held_back_by_its_groups_limit_is_told_why_and_that_others_go_me
     assert queue_fields(status)["heldBack"] == {"group": "course-a", "limit": 4, "inUse": 4}
     warned = QueueStatus.from_json({"state": "admitted", "holdLimit": {"stopAt": "2026-12-02T14:05:00Z"}})
     assert queue_fields(warned)["stopAt"] == "2026-12-02T14:05:00+00:00"
+
+
+def test_the_spawn_page_says_who_is_ahead_by_priority_and_why_the_place_got_worse() -> None:
+    before = QueueStatus.from_json({"state": "queued", "position": 1, "queueLength": 2, "priority": {"ahead": {}}})
+    after = QueueStatus.from_json(
+        {"state": "queued", "position": 2, "queueLength": 3, "priority": {"rank": 1, "ahead": {"instructors": 1}}}
+    )
+    assert queue_message(after) == (
+        "Waiting for a GPU slice: position 2 of 3, wait time unknown; ahead of you by priority: 1 in instructors "
+        "(groupPriority goes first)"
+    )
+    assert joined_ahead(before, after) == "Someone in instructors joined the queue ahead of you (groupPriority). "
+    assert joined_ahead(after, after) == "", "no change, no news"
+    moved_up = QueueStatus.from_json({"state": "queued", "position": 1, "priority": {"ahead": {"instructors": 1}}})
+    assert joined_ahead(after, moved_up) == ""

@@ -3,7 +3,7 @@ coalesced into the newest position, sent as soon as the interval allows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -64,3 +64,33 @@ async def test_changes_inside_the_interval_are_coalesced_and_sent_when_it_ends(m
     ]
     clock[0] += 30
     assert await tell(pods[2:]) is None and len(said.messages) == 2  # nothing changed: nothing said
+
+
+@dataclass
+class SaidInFull:
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def emit(self, view: PodView, reason: str, message: str, *, kind: str = "Normal") -> None:
+        self.messages[view.name] = message
+
+
+async def test_a_user_held_back_by_a_group_limit_or_behind_a_priority_group_is_told_so() -> None:
+    base = CONFIG.model_dump(by_alias=True, mode="json")
+    base["pools"]["gpu"].update({"capacity": 1, "groupPriority": ["instructors"], "groupLimits": {"course-a": 0}})
+    config = type(CONFIG).model_validate(base)
+    pool = config.pools["gpu"]
+    said = SaidInFull()
+    events: Any = said
+    told = PositionEvents(config, StoreBreaker(None), events)
+    pods = [
+        replace(queued("inst", 5), groups=("instructors",), rank=0),
+        replace(queued("stu", 1), groups=("course-a",), rank=1),
+        replace(queued("guest", 2), rank=1),
+    ]
+    await told.tell("gpu", plan("gpu", pool, pods, [GPU]), T0)
+    assert "ahead of you" not in said.messages["inst"]
+    assert said.messages["stu"] == (
+        "Waiting for a GPU slice: position 2 of 3; your group course-a holds 0 of its 0 slices, so you go when one "
+        "of them is free (others go meanwhile)"
+    )
+    assert said.messages["guest"].endswith("; ahead of you by priority: 1 in instructors (groupPriority goes first)")

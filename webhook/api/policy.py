@@ -1,6 +1,7 @@
-"""What the fair-use policies add to a Position: a group limit holding a queued pod back, the
-hold limit's stop time of a warned holder. Both come from this replica's watch cache (the pods
-carry the groups and the warning), so any replica answers them, store up or down."""
+"""What the fair-use policies add to a Position: a queued pod's priority rank and who is ahead of
+it by a better one, a group limit holding it back, the hold limit's stop time of a warned holder.
+All come from this replica's watch cache (the pods carry the groups and the warning), so any
+replica answers them, store up or down."""
 
 from __future__ import annotations
 
@@ -8,19 +9,31 @@ from typing import Any
 
 from webhook.config import Pool
 from webhook.hold_limit import stop_time
-from webhook.models import HeldBack, HoldLimit
+from webhook.models import HeldBack, HoldLimit, Priority
 from webhook.protocols import ClusterView
 
 
 def policy_fields(cluster: ClusterView, pool_name: str, pool: Pool, key: str) -> dict[str, Any]:
-    """``heldBack`` / ``holdLimit`` for Position(...), empty when neither applies or the cache
-    cannot say yet."""
+    """``priority`` / ``heldBack`` (queued) or ``holdLimit`` (holding) for Position(...), empty
+    when none applies or the cache cannot say yet."""
     plan = cluster.readers_plan(pool_name)
     if plan is None:
         return {}
+    fields: dict[str, Any] = {}
+    index = next((i for i, p in enumerate(plan.queue) if p.key == key), None)
+    if index is not None and pool.group_priority:
+        me = plan.queue[index]
+        ahead: dict[str, int] = {}
+        for other in plan.queue[:index]:
+            if other.rank < me.rank:
+                group = pool.rank_group(other.rank) or "-"
+                ahead[group] = ahead.get(group, 0) + 1
+        fields["priority"] = Priority(rank=me.rank, group=pool.rank_group(me.rank), ahead=ahead)
     cap = plan.capped.get(key)
     if cap is not None:
-        return {"held_back": HeldBack(group=cap.group, limit=cap.limit, in_use=cap.in_use)}
+        fields["held_back"] = HeldBack(group=cap.group, limit=cap.limit, in_use=cap.in_use)
+    if index is not None:
+        return fields
     holder = next((h for h in plan.holders if h.key == key), None)
     limit = pool.max_hold_seconds_when_queued
     stop_at = stop_time(pool, holder) if holder is not None else None

@@ -9,16 +9,33 @@ when that is, and the controller wakes then), so the last Event is never a stale
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from webhook.cluster_view import PodView
-from webhook.config import Config
+from webhook.config import Config, Pool
 from webhook.controller.events import EventWriter
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.eta import estimate, format_eta
 from webhook.grants import PoolPlan
 from webhook.records import holder_of
+
+log = logging.getLogger(__package__)  # the controller's one logger, whichever module writes
+
+
+def priority_note(pool: Pool, ahead: Sequence[PodView], view: PodView) -> str:
+    """``; 2 ahead of you are in instructors, who go first`` when a better rank is ahead."""
+    better: dict[str, int] = {}
+    for other in ahead:
+        if other.rank < view.rank:
+            group = pool.rank_group(other.rank) or "-"
+            better[group] = better.get(group, 0) + 1
+    if not better:
+        return ""
+    parts = [f"{count} in {group}" for group, count in better.items()]
+    return f"; ahead of you by priority: {', '.join(parts)} (groupPriority goes first)"
 
 
 class PositionEvents:
@@ -70,6 +87,11 @@ class PositionEvents:
                     f"Waiting for a GPU slice: position {position} of {length}; your group {cap.group} holds "
                     f"{cap.in_use} of its {cap.limit} slices, so you go when one of them is free (others go meanwhile)"
                 )
+                log.info(
+                    "group limit: held back",
+                    extra={"ctx": {"pool": name, "pod": view.key, "user": view.user, "group": cap.group,
+                                   "limit": cap.limit, "in_use": cap.in_use, "policy": "groupLimits"}},
+                )  # fmt: skip
                 self.posted[view.key] = (*told, clock)
                 todo.append((view, message))
                 continue
@@ -83,6 +105,7 @@ class PositionEvents:
                 now=now,
             )
             message = f"Waiting for a GPU slice: position {position} of {length}, {format_eta(eta)}"
+            message += priority_note(pool, pool_plan.queue[:index], view)
             self.posted[view.key] = (*told, clock)
             todo.append((view, message))
         for view, message in todo:
