@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from webhook.api import EditResult, KeptPlaceList, QueueListing
+from webhook.api import EditResult, KeptPlaceList, QueueItem, QueueListing
 from webhook.eta import format_eta
 from webhook.models import PoolStatus
 
@@ -74,7 +74,9 @@ def render_kept(places: KeptPlaceList | None, now: datetime) -> str:
 def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
     if not listing.entries:
         return "(queue is empty)" if listing.queue_length == 0 else f"(no entries here; {listing.queue_length} queued)"
+    policies = any(e.priority is not None or e.held_back is not None for e in listing.entries)
     headers = ["POS", "USER", *(["SERVER"] if with_server else []), "POD", "WAITING", "ETA"]
+    headers += ["POLICY"] if policies else []
     rows = [
         [
             str(e.position),
@@ -83,6 +85,7 @@ def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
             f"{e.namespace}/{e.name}",
             format_duration(e.waiting_seconds),
             format_eta(e.eta),
+            *([_policy(e)] if policies else []),
         ]
         for e in listing.entries
     ]
@@ -91,6 +94,16 @@ def render_queue(listing: QueueListing, *, with_server: bool = False) -> str:
     if rest > 0:
         text += f"\n... and {rest} more"
     return text
+
+
+def _policy(item: QueueItem) -> str:
+    """What decided the place: the priority rank (and its group), a group limit holding it back."""
+    parts = []
+    if item.priority is not None:
+        parts.append(f"rank {item.priority.rank} ({item.priority.group or 'no priority group'})")
+    if item.held_back is not None:
+        parts.append(f"held back: {item.held_back.group} holds {item.held_back.in_use}/{item.held_back.limit}")
+    return "; ".join(parts) or "-"
 
 
 def render_pool_header(pool: PoolStatus) -> str:

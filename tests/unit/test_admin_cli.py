@@ -564,3 +564,15 @@ def test_over_tls_the_cli_needs_the_ca_or_insecure(tmp_path: Path, capsys: pytes
         assert "cannot use --ca" in err
         err = fails_with(capsys, "status", "--api", url.replace("https", "http"), "--token", READ)
         assert "right scheme" in err or "cannot talk" in err
+
+
+def test_the_queue_table_says_which_policy_decided_each_place() -> None:
+    entries = [dict(e) for e in SAMPLE_QUEUE["entries"]]
+    entries[0]["priority"] = {"policy": "groupPriority", "rank": 0, "group": "instructors", "ahead": {}}
+    entries[1]["priority"] = {"policy": "groupPriority", "rank": 1, "group": None, "ahead": {"instructors": 1}}
+    entries[1]["heldBack"] = {"policy": "groupLimits", "group": "course-a", "limit": 4, "inUse": 4}
+    lines = render_queue(QueueListing.model_validate({**SAMPLE_QUEUE, "entries": entries})).splitlines()
+    assert lines[0].split()[-1] == "POLICY"
+    assert lines[1].endswith("rank 0 (instructors)")
+    assert lines[2].endswith("rank 1 (no priority group); held back: course-a holds 4/4")
+    assert "POLICY" not in render_queue(QueueListing.model_validate(SAMPLE_QUEUE)), "plain FIFO: no column"

@@ -200,6 +200,7 @@ def pool_queue(request: web.Request, pool: str, config: Pool, offset: int, limit
                 position=index + 1,
                 waiting_seconds=max(0.0, (now - entry.requested_at).total_seconds()),
                 eta=snap.eta(index + 1, entry.key, now, slices),
+                **policy_fields(request.app[CLUSTER_KEY], pool, config, entry.key),
             )
         )
     return QueueListing(

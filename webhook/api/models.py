@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from webhook import models as wire
-from webhook.models import Eta, KeptPlace, QueueEntry
+from webhook.models import Eta, HeldBack, KeptPlace, Priority, QueueEntry
 
 API_PREFIX: Final = "/api/v1"
 MAX_PAGE: Final = 1000
@@ -64,6 +64,8 @@ class QueueItem(QueueEntry):
     position: int = Field(ge=1, description="1-based")
     waiting_seconds: float = Field(alias="waitingSeconds", ge=0)
     eta: Eta
+    priority: Priority | None = Field(None, description="groupPriority: its rank and who is ahead by a better one")
+    held_back: HeldBack | None = Field(None, alias="heldBack", description="Held back by a group limit")
 
 
 class QueueListing(_Answer):

@@ -203,12 +203,14 @@ async def get_pool_queue(request: web.Request) -> web.Response:
             _snapshot(request, path.pool, config),
         )
         now = request.app[CLOCK_KEY]()
+        cluster = request.app[CLUSTER_KEY]
         items = [
             QueueItem(
                 **entry.model_dump(),
                 position=query.offset + i + 1,
                 waiting_seconds=max(0.0, (now - entry.requested_at).total_seconds()),
                 eta=snap.eta(query.offset + i + 1, entry.key, now),
+                **policy_fields(cluster, path.pool, config, entry.key),
             )
             for i, entry in enumerate(entries)
         ]
