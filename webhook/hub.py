@@ -250,7 +250,7 @@ class PlaceHistory:
         return max(0, start - self._seen[-1][1]), min(self.window, now - since)
 
 
-def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> dict[str, Any]:
+def queue_fields(status: QueueStatus, history: PlaceHistory | None = None, joined: str = "") -> dict[str, Any]:
     """The figures of a progress event, as data (``event["gpu_queue"]``), from the queue API's
     answer only: a page shows these or says it does not know, it never makes them up."""
     fields: dict[str, Any] = {
@@ -276,6 +276,7 @@ def queue_fields(status: QueueStatus, history: PlaceHistory | None = None) -> di
         ),
         "stopAt": status.stop_at.isoformat() if status.stop_at is not None else None,
         "priorityAhead": status.priority_ahead,
+        "joinedAhead": joined or None,  # why the place just got worse (``joined_ahead``)
     }
     if history is not None and status.state == "queued":
         places, seconds = history.moved()
@@ -877,11 +878,11 @@ class QueueAwareKubeSpawner(KubeSpawner):  # type: ignore[misc]  # KubeSpawner s
                             self._places.note(status.position)
                         self._note_grant(status)
                         message = queue_message(status, self.queue_slice_name)
-                        if message is not None and waiting:
-                            message = joined_ahead(before, status) + message
+                        joined = joined_ahead(before, status) if waiting else ""
                         if message is not None and message != last_message:
                             last_message = message
-                            yield {"message": message, "gpu_queue": queue_fields(status, self._places)}
+                            fields = queue_fields(status, self._places, joined.strip())
+                            yield {"message": joined + message, "gpu_queue": fields}
                 if kind in ("queue", "queue-done") and not answered:
                     answered = True
                     for event in held:

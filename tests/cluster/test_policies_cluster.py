@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gpu_queue_dev.cluster import DevCluster
+from gpu_queue_dev.cluster.pki import ADMIN_USER
 from gpu_queue_dev.spawnerpods import pod_manifest
+from tests.e2e.browser import chromium, new_user
 from tests.helpers.cluster import reconfigured
+from tests.helpers.real_hub import running_hub
 from tests.helpers.waiting import wait_for
 from tests.invariants import queue_listing
 from tests.scenarios import Target, gated
@@ -29,6 +33,7 @@ from webhook.kube import Kube, KubeError, load_client
 pytestmark = pytest.mark.timeout(180)
 HUB = "system:serviceaccount:jhub:hub"  # the default trusted account for the hub namespace jhub
 GROUPS = "gpu-queue.io/groups"
+TEMPLATES = Path(__file__).resolve().parents[2] / "webhook" / "hub_templates"
 POLICIES = {"pools": {"gpu": {"groupPriority": ["instructors"], "groupLimits": {"course-a": 1}}}}
 
 
@@ -102,3 +107,48 @@ async def test_instructors_go_first_and_a_group_at_its_limit_waits_without_leavi
     await wait_for(told, 15, "sam to be told why he waits")
     await target.logout(course)
     await wait_for(lambda: holding(target, sam), 15, "sam to go once his group's slice is free")
+
+
+async def test_the_waiting_room_says_who_went_ahead_by_priority_and_which_limit_holds_a_user_back(
+    clean_cluster: DevCluster, target: Target, tmp_path: Path
+) -> None:
+    """Real hub, real groups, Chromium. Two slices: Cora (course-a) and Hana hold them. Sam
+    (course-a) waits 1st and his page says his group holds its limit; Ida (instructors) asks after
+    him and goes ahead: his page says so, live, and he is 2nd."""
+    await clean_cluster.set_gpu_slices(2)
+    # The dev cluster's hub creates pods as the cluster admin: that is the account to trust here.
+    trusted = {**POLICIES, "policy": {"hubServiceAccounts": [ADMIN_USER]}}
+    async with (
+        reconfigured(clean_cluster, trusted),
+        running_hub(clean_cluster, tmp_path / "hub", template_paths=[TEMPLATES]) as hub,
+        hub.api() as api,
+        chromium() as browser,
+    ):
+        for user in ("cora", "sam", "ida"):
+            async with api.post(hub.url(f"/hub/api/users/{user}")) as response:
+                assert response.status in (201, 409), await response.text()
+        for group, users in (("course-a", ["cora", "sam"]), ("instructors", ["ida"])):
+            async with api.post(hub.url(f"/hub/api/groups/{group}"), json={"users": users}) as response:
+                assert response.status in (201, 409), await response.text()
+        async with api.post(hub.url("/hub/api/users/cora/server"), json={"profile": "gpu-enabled"}) as response:
+            assert response.status in (201, 202), await response.text()
+        await target.spawn("hana")
+        await wait_for(lambda: holding(target, "jupyter-cora"), 30, "cora (course-a, started by the hub) to hold")
+        await wait_for(lambda: holding(target, "jupyter-hana"), 30, "hana to hold the other slice")
+        cora = await target.pod("jupyter-cora")
+        assert cora is not None and json.loads(cora["metadata"]["annotations"][GROUPS]) == ["course-a"]
+
+        sam = await new_user(browser, "sam", hub.base_url, tmp_path)
+        await sam.login()
+        await sam.open_options()
+        await sam.start("gpu-enabled")
+        await sam.shows("#gpu-queue-place", "1st in line")
+        held = await sam.shows("#gpu-queue-policy", "Your group course-a holds 1 of its 1 slices")
+        assert "the people behind you may go first" in held, held
+
+        async with api.post(hub.url("/hub/api/users/ida/server"), json={"profile": "gpu-enabled"}) as response:
+            assert response.status in (201, 202), await response.text()
+        await sam.shows("#gpu-queue-place", "2nd in line")
+        why = await sam.shows("#gpu-queue-policy", "Ahead of you by priority: 1 in instructors")
+        assert "Someone in instructors joined the queue ahead of you" in why, why
+        await sam.shot("waiting-room-06-priority")

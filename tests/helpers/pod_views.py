@@ -1,4 +1,5 @@
-"""Pod views for the pure-decision tests: a queued GPU pod as the watch cache holds it."""
+"""Pod views for the pure-decision tests: a queued GPU pod, and a holder, as the watch cache
+holds them."""
 
 from __future__ import annotations
 
@@ -17,4 +18,25 @@ def queued_view(name: str, requested_at: datetime, slices: int = 1, namespace: s
         gated=True,
         requested_at=requested_at,
         resources={"nvidia.com/gpu": Decimal(slices)},
+    )
+
+
+def holder_view(
+    name: str, granted_at: datetime, slices: int = 1, *, user: str = "", warned: datetime | None = None
+) -> PodView:
+    """A pod of pool ``gpu`` holding ``slices`` since ``granted_at``, Running on ``gpu-1``;
+    ``warned``: when the hold limit warned it."""
+    return PodView(
+        namespace="jhub",
+        name=name,
+        pool="gpu",
+        gated=False,
+        requested_at=granted_at,
+        granted_at=granted_at,
+        node="gpu-1",
+        phase="Running",
+        ready=True,
+        user=user,
+        resources={"nvidia.com/gpu": Decimal(slices)},
+        hold_warned_at=warned,
     )

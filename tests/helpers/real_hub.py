@@ -36,7 +36,7 @@ from gpu_queue_dev.spawnerpods import PROFILE_LIST
 from tests.helpers.waiting import wait_for
 
 #: The role of the test's service: create users, start and stop their servers.
-DRIVER_SCOPES = ("admin:users", "admin:servers", "list:users", "read:users")
+DRIVER_SCOPES = ("admin:users", "admin:servers", "admin:groups", "list:users", "read:users")
 
 # The settings come from settings.json next to this file, so the file itself never changes.
 HUB_CONFIG = '''\

@@ -573,7 +573,7 @@ async def test_the_same_note_twice_is_one_and_old_notes_go_on_the_next_write(sto
 
 
 def ranked(name: str, t: float, rank: int, **kw: object) -> QueueEntry:
-    return entry(name, t, **kw).model_copy(update={"rank": rank})  # type: ignore[arg-type]
+    return entry(name, t, **kw).model_copy(update={"rank": rank})
 
 
 async def test_a_better_rank_goes_first_whenever_it_came_fifo_within_a_rank(store: QueueStore) -> None:

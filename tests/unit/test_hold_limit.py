@@ -12,6 +12,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers.pod_views import holder_view
 from webhook.cluster_view import NodeView, PodView
 from webhook.config import Pool, load_config
 from webhook.grants import plan
@@ -31,20 +32,7 @@ def pool(capacity: int = 2, limit: int | None = LIMIT, warning: int = WARNING) -
 
 
 def holder(name: str, held_since: datetime, warned: datetime | None = None, slices: int = 1) -> PodView:
-    return PodView(
-        namespace="jhub",
-        name=name,
-        pool="gpu",
-        gated=False,
-        requested_at=held_since,
-        granted_at=held_since,
-        node="gpu-1",
-        phase="Running",
-        ready=True,
-        user=name.removeprefix("jupyter-"),
-        resources={"nvidia.com/gpu": Decimal(slices)},
-        hold_warned_at=warned,
-    )
+    return holder_view(name, held_since, slices, user=name.removeprefix("jupyter-"), warned=warned)
 
 
 def waiter(name: str, at: datetime, slices: int = 1) -> PodView:

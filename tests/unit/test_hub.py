@@ -551,6 +551,7 @@ async def test_each_queue_line_carries_its_figures_as_data_for_a_page_template(
         "heldBack": None,
         "stopAt": None,
         "priorityAhead": None,
+        "joinedAhead": None,
         "movedUp": {"places": 0, "seconds": 0},
     }
     assert second["message"] == "Waiting for a GPU slice: position 1 of 3, wait time unknown"

@@ -12,13 +12,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
 from webhook.dashboard.settings import DashboardSettings
+from webhook.pods import parse_time
 
 HUB_TIMEOUT: Final = aiohttp.ClientTimeout(total=10.0)
 ACTIVITY_CONCURRENCY: Final = 8
@@ -95,17 +96,6 @@ async def user_for_code(settings: DashboardSettings, code: str) -> HubUser:
     )
 
 
-def _parse_time(value: object) -> datetime | None:
-    """The hub's ISO 8601 times (``...Z`` or with an offset); None for anything else."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def servers_activity(user: Mapping[str, Any]) -> dict[str, datetime | None]:
     """Each server's ``last_activity`` from the hub's user model (``GET /users/{name}``, which lists
     ``servers`` with the ``read:servers`` scope): what the idle culler reads too."""
@@ -113,7 +103,7 @@ def servers_activity(user: Mapping[str, Any]) -> dict[str, datetime | None]:
     if not isinstance(servers, Mapping):
         return {}
     return {
-        str(name): _parse_time(server.get("last_activity"))
+        str(name): parse_time(server.get("last_activity"))
         for name, server in servers.items()
         if isinstance(server, Mapping)
     }
