@@ -204,6 +204,7 @@ def queue_message(status: QueueStatus, slice_name: str = "GPU slice") -> str | N
         return (
             f"Waiting for a {slice_name}: position {status.position} of {length}; your group {group} holds "
             f"{in_use} of its {limit} slices, so you go when one of them is free (others go meanwhile)"
+            f"{priority_text(status)}"
         )
     eta = format_eta(status.eta_known, status.eta_min_seconds, status.eta_max_seconds)
     return f"Waiting for a {slice_name}: position {status.position} of {length}, {eta}{priority_text(status)}"
