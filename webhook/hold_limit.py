@@ -1,6 +1,7 @@
 """The hold limit while others wait (``maxHoldSecondsWhenQueued``): the pure decision.
 
-Nobody is stopped while nobody waits. Once someone waits, a holder whose hold reaches the limit
+Nobody is stopped while nobody waits (a waiter its group's limit holds back does not count: a
+stop would not let it in). Once someone waits, a holder whose hold reaches the limit
 minus ``holdWarningSeconds`` is warned (the leader marks the pod with the time, so a new leader
 keeps the same clock); the stop comes at the limit, and never sooner than the warning period
 after the warning, so even a holder long past the limit when the queue forms gets the whole
@@ -47,7 +48,9 @@ def decide(pool: Pool, plan: PoolPlan, now: datetime) -> HoldDecision:
     if limit is None:
         return HoldDecision()
     holders = [h for h in plan.holders if h.granted_at is not None and not h.deleting]
-    if not plan.queue:
+    # A waiter its group's limit holds back is not served by a stop: it does not count as waiting.
+    waiting = [p for p in plan.queue if p.key not in plan.capped]
+    if not waiting:
         return HoldDecision(withdraw=[h for h in holders if h.hold_warned_at is not None])
     warning = timedelta(seconds=pool.hold_warning_seconds)
     warn: list[HoldWarning] = []
@@ -67,7 +70,7 @@ def decide(pool: Pool, plan: PoolPlan, now: datetime) -> HoldDecision:
         else:
             upcoming.append(stop_at)
     # Stop no more than the waiting need: the slices they ask for beyond what is free now.
-    need = sum(slices_of(p, pool) for p in plan.queue) - max(0, plan.capacity - plan.in_use)
+    need = sum(slices_of(p, pool) for p in waiting) - max(0, plan.capacity - plan.in_use)
     stop: list[PodView] = []
     for holder in sorted(due, key=lambda h: (h.granted_at, h.key)):
         if need <= 0:

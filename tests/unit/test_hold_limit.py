@@ -159,3 +159,16 @@ def test_between_the_warning_and_the_stop_there_is_always_the_whole_warning_peri
     before = warned.stop_at - timedelta(microseconds=1)
     assert decide(p, plan("gpu", p, marked, [NODE]), before).stop == []
     assert names(decide(p, plan("gpu", p, marked, [NODE]), warned.stop_at).stop) == ["jupyter-ann"]
+
+
+def test_a_waiter_held_back_by_its_groups_limit_does_not_make_anyone_stop() -> None:
+    p = pool(capacity=2).model_copy(update={"group_limits": {"course-a": 1}})
+    capped = replace(waiter("jupyter-cy", T0), groups=("course-a",))
+    pods = [
+        replace(holder("jupyter-ann", T0), groups=("course-a",)),
+        holder("jupyter-bob", T0, T0 + timedelta(hours=1)),
+        capped,
+    ]
+    decision = decide(p, plan("gpu", p, pods, [NODE]), T0 + timedelta(hours=5))
+    assert decision.warn == [] and decision.stop == [], "stopping bob would not let cy in"
+    assert names(decision.withdraw) == ["jupyter-bob"]

@@ -53,7 +53,7 @@ class HoldLimit:
             return None
         decision: HoldDecision = decide(pool, pool_plan, now)
         limit = human(pool.max_hold_seconds_when_queued)
-        waiting = len(pool_plan.queue)
+        waiting = sum(1 for p in pool_plan.queue if p.key not in pool_plan.capped)
         for warning in decision.warn:
             await self._warn(name, warning.holder, warning.stop_at, now, limit, waiting)
         for holder in decision.stop:
