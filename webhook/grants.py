@@ -144,6 +144,17 @@ def limited_groups(pod: PodView, pool: Pool) -> list[str]:
     return [g for g in pod.groups if g in pool.group_limits]
 
 
+def ahead_by_priority(pool: Pool, ahead: Iterable[PodView], view: PodView) -> dict[str, int]:
+    """Of the pods ``ahead`` of ``view`` in the queue, those there for a better ``groupPriority``
+    rank, counted by the group of that rank (what positions and Events tell the user)."""
+    better: dict[str, int] = {}
+    for other in ahead:
+        if other.rank < view.rank:
+            group = pool.rank_group(other.rank) or "-"
+            better[group] = better.get(group, 0) + 1
+    return better
+
+
 def group_use(pool: Pool, holders: Iterable[PodView]) -> dict[str, int]:
     """Slices each limited group holds: a holder counts, in full, for every limited group it is in."""
     used = dict.fromkeys(pool.group_limits, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from webhook.config import Pool
+from webhook.grants import ahead_by_priority
 from webhook.hold_limit import stop_time
 from webhook.models import HeldBack, HoldLimit, Priority
 from webhook.protocols import ClusterView
@@ -23,11 +24,7 @@ def policy_fields(cluster: ClusterView, pool_name: str, pool: Pool, key: str) ->
     index = next((i for i, p in enumerate(plan.queue) if p.key == key), None)
     if index is not None and pool.group_priority:
         me = plan.queue[index]
-        ahead: dict[str, int] = {}
-        for other in plan.queue[:index]:
-            if other.rank < me.rank:
-                group = pool.rank_group(other.rank) or "-"
-                ahead[group] = ahead.get(group, 0) + 1
+        ahead = ahead_by_priority(pool, plan.queue[:index], me)
         fields["priority"] = Priority(rank=me.rank, group=pool.rank_group(me.rank), ahead=ahead)
     cap = plan.capped.get(key)
     if cap is not None:

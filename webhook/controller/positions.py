@@ -19,7 +19,7 @@ from webhook.config import Config, Pool
 from webhook.controller.events import EventWriter
 from webhook.controller.store_breaker import StoreBreaker
 from webhook.eta import estimate, format_eta
-from webhook.grants import PoolPlan
+from webhook.grants import PoolPlan, ahead_by_priority
 from webhook.records import holder_of
 
 log = logging.getLogger(__package__)  # the controller's one logger, whichever module writes
@@ -27,11 +27,7 @@ log = logging.getLogger(__package__)  # the controller's one logger, whichever m
 
 def priority_note(pool: Pool, ahead: Sequence[PodView], view: PodView) -> str:
     """``; 2 ahead of you are in instructors, who go first`` when a better rank is ahead."""
-    better: dict[str, int] = {}
-    for other in ahead:
-        if other.rank < view.rank:
-            group = pool.rank_group(other.rank) or "-"
-            better[group] = better.get(group, 0) + 1
+    better = ahead_by_priority(pool, ahead, view)
     if not better:
         return ""
     parts = [f"{count} in {group}" for group, count in better.items()]
